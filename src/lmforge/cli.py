@@ -1,0 +1,133 @@
+"""The `lmforge` command. Each subcommand parses its arguments and calls one library function;
+user mistakes (`LmforgeError`) print one line and exit with status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+log = logging.getLogger("lmforge")
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# -- subcommands ----------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from lmforge.data.tokenizer import load_tokenizer
+    from lmforge.model.hf import to_hf
+    from lmforge.model.io import load_model, load_model_tokenizer
+
+    model = load_model(args.checkpoint)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_model_tokenizer(args.checkpoint)
+    out = to_hf(model, args.out_dir, tokenizer, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    note = "" if tokenizer else " (no tokenizer: pass --tokenizer to include one)"
+    print(f"wrote {out} (Olmo2ForCausalLM, {args.dtype}){note}")
+
+
+def cmd_model_info(args: argparse.Namespace) -> None:
+    from lmforge.model.config import PRESETS, ModelConfig
+    from lmforge.model.size import describe
+
+    names = args.presets or list(PRESETS)
+    rows = {name: describe(ModelConfig.preset(name), args.seq_len) for name in names}
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'preset':<12} {'params':>14} {'non-embedding':>14} {'vocab':>8} {'seq':>6} {'train FLOPs/token':>18}")
+    for name, r in rows.items():
+        print(
+            f"{name:<12} {r['params_total']:>14,} {r['params_non_embedding']:>14,} {r['padded_vocab_size']:>8,}"
+            f" {r['seq_len']:>6} {r['train_flops_per_token']:>18.4g}"
+        )
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from lmforge.data.tokenizer import train_bpe
+
+    tokenizer = train_bpe(args.files, args.vocab_size, min_frequency=args.min_frequency)
+    path = tokenizer.save(args.out)
+    print(f"wrote {path}: {tokenizer.vocab_size} ids, eos {tokenizer.eos_token!r}={tokenizer.eos_token_id}")
+
+
+def cmd_get_tokenizer(args: argparse.Namespace) -> None:
+    import shutil
+
+    from lmforge.data.tokenizer import Tokenizer, fetch_pretrained
+
+    path = fetch_pretrained(args.name)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(shutil.copyfile(path, args.out))
+    tokenizer = Tokenizer.load(path)
+    print(
+        f"{path}: {tokenizer.vocab_size:,} ids (padded {tokenizer.padded_vocab_size():,}), "
+        f"eos {tokenizer.eos_token!r}={tokenizer.eos_token_id}, pad {tokenizer.pad_token!r}={tokenizer.pad_token_id}"
+    )
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description="Train fully open OLMo 2-style language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("export", cmd_export, "Export a checkpoint as a transformers Olmo2ForCausalLM folder.")
+    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + model.yaml)")
+    p.add_argument("out_dir", help="folder to create")
+    p.add_argument("--tokenizer", help="tokenizer.json, folder or known name (default: the checkpoint's own)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the exported weights")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+
+    p = add("model-info", cmd_model_info, "Parameter counts and training FLOPs/token of the presets.")
+    p.add_argument("presets", nargs="*", help="preset names (default: all)")
+    p.add_argument("--seq-len", type=int, default=None, help="context length for FLOPs (default: preset's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    data = sub.add_parser("data", help="Data preparation: tokenizers, tokenization.").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = add("train-tokenizer", cmd_train_tokenizer, "Train a byte-level BPE tokenizer on documents.", data)
+    p.add_argument("files", nargs="+", help="JSONL[.gz|.zst] or .txt files, or folders of them")
+    p.add_argument("--vocab-size", type=int, required=True, help="ids in total, special tokens included")
+    p.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to merge")
+    p.add_argument("--out", required=True, help="tokenizer.json to write")
+
+    p = add("get-tokenizer", cmd_get_tokenizer, "Fetch a published tokenizer (from its PyPI wheel) into the cache.", data)
+    p.add_argument("name", help="olmo2 or olmo1")
+    p.add_argument("--out", help="also copy it here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        args.fn(args)
+    except LmforgeError as e:
+        print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

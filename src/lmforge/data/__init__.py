@@ -1,0 +1,1 @@
+"""Data: documents (dolma JSONL), tokenizers, token files, training instances."""

@@ -1,0 +1,99 @@
+"""Reading documents in dolma's format: JSONL (optionally .gz or .zst), one object a line with
+`id`, `text`, `source`; other fields are kept in `metadata`. A plain .txt file is one document.
+
+Errors name the file and line, so a corrupt shard can be found and fixed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from lmforge.errors import LmforgeError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.zst")
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def open_text(path: str | Path, mode: str = "rt") -> TextIO:
+    """Open a text file, transparently (de)compressing .gz and .zst by suffix."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, mode, encoding="utf-8")  # type: ignore[return-value]
+    if path.suffix == ".zst":
+        import zstandard
+
+        if "r" in mode:
+            return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
+        return io.TextIOWrapper(zstandard.ZstdCompressor().stream_writer(open(path, "wb")), encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def is_document_file(path: Path) -> bool:
+    return path.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
+
+
+def expand_paths(paths: list[str | Path]) -> list[Path]:
+    """Files named directly, plus every document file under named folders, sorted per folder."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_document_file(f)))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise LmforgeError(f"{p}: no such file or folder")
+    return files
+
+
+def parse_document(line: str, path: Path, line_no: int) -> Document:
+    """One JSONL line → Document, or LmforgeError naming file:line and what is wrong."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise LmforgeError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise LmforgeError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+    text = row.pop("text", None)
+    if not isinstance(text, str):
+        problem = "has no 'text' field" if text is None else f"'text' is {type(text).__name__}, not a string"
+        raise LmforgeError(f"{path}:{line_no}: document {problem}")
+    doc_id = row.pop("id", None)
+    source = row.pop("source", None)
+    metadata = row.pop("metadata", None) or {}
+    metadata.update(row)
+    return Document(
+        id=str(doc_id) if doc_id is not None else f"{path.name}:{line_no}",
+        text=text,
+        source=str(source) if source is not None else path.name.split(".")[0],
+        metadata=metadata,
+    )
+
+
+def read_documents(path: str | Path) -> Iterator[Document]:
+    """Documents of one file, in order. Blank lines are skipped."""
+    path = Path(path)
+    if path.name.endswith(TEXT_SUFFIXES):
+        with open_text(path) as f:
+            yield Document(id=path.name, text=f.read(), source=path.name.split(".")[0])
+        return
+    with open_text(path) as f:
+        try:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    yield parse_document(line, path, line_no)
+        except (UnicodeDecodeError, EOFError, OSError) as e:
+            raise LmforgeError(f"{path}: cannot be read as UTF-8 text ({e})") from None

@@ -1,0 +1,14 @@
+"""The one exception type lmforge raises for user mistakes.
+
+The CLI catches `LmforgeError` and prints its message as a single line, without a
+traceback: every message must therefore say *what* is wrong (file, line, field, value)
+and *what to do* about it.
+"""
+
+
+class LmforgeError(Exception):
+    """A user-facing error: bad config, bad input file, incompatible checkpoint."""
+
+
+class ConfigError(LmforgeError):
+    """A config field is unknown, mistyped or out of range."""

@@ -1,0 +1,119 @@
+"""The model's typed config and the named size presets.
+
+A preset is a row in `PRESETS`, not a method: `ModelConfig.preset("olmo2-1b")`, or in
+YAML ``model: {preset: olmo2-1b, n_layers: 8}`` (the other keys override the preset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from lmforge.config import Config, require
+from lmforge.errors import ConfigError
+
+OLMO2_TOKENIZER_VOCAB = 100_278
+"""Ids produced by the OLMo 2 tokenizer (dolma2, cl100k-based); padded to 100,352."""
+
+# Published OLMo 2 shapes (OLMo 2 paper, table 1; the HF configs of allenai/OLMo-2-*).
+# The 190M row is OLMo-core's `olmo2_190M` ladder model (llama-like MLP: 8/3·d·1.5).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden=384, max_seq_len=512, vocab_size=4096),
+    "small": dict(d_model=256, n_layers=6, n_heads=8, mlp_hidden=768, max_seq_len=1024, vocab_size=8192),
+    "olmo2-190m": dict(d_model=768, n_layers=12, n_heads=12, mlp_hidden=3072, max_seq_len=4096),
+    "olmo2-1b": dict(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_seq_len=4096),
+    "olmo2-7b": dict(d_model=4096, n_layers=32, n_heads=32, mlp_hidden=11008, max_seq_len=4096),
+    "olmo2-13b": dict(d_model=5120, n_layers=40, n_heads=40, mlp_hidden=13824, max_seq_len=4096),
+}
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelConfig(Config):
+    """Shape and numerics of an OLMo 2 decoder. Field names follow OLMo-core; `lmforge.model.hf`
+    maps them to transformers' `Olmo2Config`."""
+
+    vocab_size: int = OLMO2_TOKENIZER_VOCAB
+    """Number of ids the tokenizer produces. The embedding has `padded_vocab_size` rows."""
+    vocab_multiple: int = 128
+    """Pad the embedding/head to a multiple of this (128 keeps matmuls tensor-core friendly)."""
+    d_model: int
+    """Width of the residual stream."""
+    n_layers: int
+    """Number of transformer blocks."""
+    n_heads: int
+    """Attention (query) heads; head_dim = d_model / n_heads."""
+    n_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention; None means n_heads (plain multi-head)."""
+    mlp_hidden: int
+    """Hidden width of the SwiGLU MLP (each of gate and up projections)."""
+    max_seq_len: int = 4096
+    """Longest sequence the model is meant for (written to the HF config; RoPE itself has no limit)."""
+    rope_theta: float = 500_000.0
+    """RoPE base frequency."""
+    norm_eps: float = 1e-6
+    """Epsilon of every RMSNorm."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the output head (OLMo 2 does not)."""
+    init_std: float = 0.02
+    """Std of the truncated-normal (±3σ) init of every weight matrix."""
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "vocab_multiple", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
+            value = getattr(self, name)
+            require(value > 0, name, f"must be a positive integer, got {value}")
+        require(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
+        require(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
+        require(self.init_std > 0, "init_std", f"must be positive, got {self.init_std}")
+        require(
+            self.d_model % self.n_heads == 0,
+            "n_heads",
+            f"n_heads={self.n_heads} must divide d_model={self.d_model}; pick a divisor of {self.d_model}",
+        )
+        require(self.head_dim % 2 == 0, "n_heads", f"head_dim=d_model/n_heads={self.head_dim} must be even for RoPE")
+        if self.n_kv_heads is not None:
+            require(self.n_kv_heads > 0, "n_kv_heads", f"must be a positive integer, got {self.n_kv_heads}")
+            require(
+                self.n_heads % self.n_kv_heads == 0,
+                "n_kv_heads",
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}",
+            )
+
+    # -- derived quantities --------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset (see `PRESETS`), with fields overridden by keyword."""
+        return cls.from_dict({"preset": name, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> ModelConfig:
+        """Like `Config.from_dict`, plus an optional ``preset`` key whose shape the others override."""
+        data = dict(data)
+        name = data.pop("preset", None)
+        if name is not None:
+            if name not in PRESETS:
+                raise ConfigError(
+                    f"{where}preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}"
+                )
+            data = {**PRESETS[name], **data}
+        return super().from_dict(data, where=where)
+
+    def build(self, device: Any = None):
+        """The `Transformer` this config describes, initialised (or uninitialised on 'meta')."""
+        from lmforge.model.transformer import Transformer
+
+        return Transformer(self, device=device)

@@ -1,0 +1,85 @@
+"""A model on disk in lmforge's own layout: `model.safetensors` (our parameter names) and
+`model.yaml` (the `ModelConfig`), plus `tokenizer.json` when the tokenizer travels with it.
+Training checkpoints store the model this way, so `lmforge export` reads any of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from lmforge.data.tokenizer import Tokenizer
+from lmforge.errors import LmforgeError
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model.yaml"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def save_model(model: Transformer, directory: str | Path, tokenizer: Tokenizer | None = None) -> None:
+    """Write weights, config and (optionally) tokenizer into `directory` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS_FILE, metadata={"format": "lmforge"})
+    (directory / CONFIG_FILE).write_text(model.cfg.to_yaml())
+    if tokenizer is not None:
+        tokenizer.save(directory / TOKENIZER_FILE)
+
+
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> Transformer:
+    """The model saved by `save_model` in `directory`."""
+    directory = Path(directory)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (directory / name).exists():
+            raise LmforgeError(f"{directory}: not an lmforge model checkpoint ({name} is missing)")
+    cfg = ModelConfig.from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()), where="model.")
+    state = load_file(directory / WEIGHTS_FILE, device=str(device))
+    return assign_weights(cfg, state, where=str(directory))
+
+
+def assign_weights(
+    cfg: ModelConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    where: str,
+    display: Callable[[str], str] = lambda name: name,
+) -> Transformer:
+    """A model whose parameters *are* the tensors of `state` (no copy, no init pass).
+
+    Every parameter must be present with the config's shape and nothing else may be, so a
+    truncated or mismatched file never loads silently; `display` maps our parameter names to
+    the names the user's file uses, for the error message.
+    """
+    model = cfg.build(device="meta")
+    expected = {name: p.shape for name, p in model.state_dict().items()}
+    missing = sorted(display(n) for n in set(expected) - set(state))
+    unexpected = sorted(display(n) for n in set(state) - set(expected))
+    if missing or unexpected:
+        parts = [_first_of("missing key", missing), _first_of("unexpected key", unexpected)]
+        raise LmforgeError(f"{where}: weights do not match the model config: {'; '.join(p for p in parts if p)}")
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise LmforgeError(
+                f"{where}: {display(name)} has shape {tuple(state[name].shape)}, the config implies {tuple(shape)}"
+            )
+    model.load_state_dict(state, assign=True, strict=True)
+    model.reset_buffers()
+    return model
+
+
+def _first_of(what: str, names: list[str]) -> str:
+    if not names:
+        return ""
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    return f"{what} {names[0]!r}{more}"
+
+
+def load_model_tokenizer(directory: str | Path) -> Tokenizer | None:
+    path = Path(directory) / TOKENIZER_FILE
+    return Tokenizer.load(path) if path.exists() else None

@@ -1,0 +1,183 @@
+"""The OLMo 2 decoder, top to bottom.
+
+OLMo 2 is a Llama-style decoder with three changes (OLMo 2 paper, section 3):
+  1. "reordered norm": the RMSNorm is applied to each sublayer's *output* before the residual
+     add, `h = x + norm(attn(x))`, instead of to its input;
+  2. QK-norm: RMSNorm over the full query and key projections, before RoPE;
+  3. no biases anywhere, RoPE θ = 500,000.
+
+Everything here is plain math on one device: parallelism (FSDP, compile, activation
+checkpointing) wraps this module from `lmforge.parallel` and never reaches inside.
+Shapes in comments: B batch, T sequence, D d_model, H heads, K kv heads, d head_dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 whatever the input dtype (as transformers does)."""
+
+    def __init__(self, dim: int, eps: float, device=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * x).to(dtype)
+
+
+# -- rotary position embedding --------------------------------------------------------------
+
+
+def rope_inv_freq(head_dim: int, theta: float, device=None) -> torch.Tensor:
+    """Inverse frequencies θ^(-2i/d) for i < d/2, shape (d/2,), fp32."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    return 1.0 / (theta**exponents)
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for `positions` (T,), each (T, d) in fp32.
+
+    The half-split layout (first half of the head pairs with the second half) matches
+    transformers' `rotate_half`, so HF checkpoints need no q/k permutation.
+    """
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, d/2)
+    angles = torch.cat((freqs, freqs), dim=-1)  # (T, d)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, d) by position; computed in fp32 (cos/sin are fp32), cast back."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+# -- the block ------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Causal self-attention with QK-norm and optional grouped-query heads."""
+
+    def __init__(self, cfg: ModelConfig, device=None):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, q_dim, bias=False, device=device)
+        self.wk = nn.Linear(cfg.d_model, kv_dim, bias=False, device=device)
+        self.wv = nn.Linear(cfg.d_model, kv_dim, bias=False, device=device)
+        self.wo = nn.Linear(q_dim, cfg.d_model, bias=False, device=device)
+        # OLMo 2 normalises the whole projection (all heads together), not each head.
+        self.q_norm = RMSNorm(q_dim, cfg.norm_eps, device=device)
+        self.k_norm = RMSNorm(kv_dim, cfg.norm_eps, device=device)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_norm(self.wq(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_norm(self.wk(x)).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            # Each kv head serves H/K consecutive query heads (what transformers' repeat_kv does).
+            repeat = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, device=None):
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False, device=device)
+        self.w_up = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False, device=device)
+        self.w_down = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class OLMo2Block(nn.Module):
+    """Reordered-norm block: the norm sits on each sublayer's output, inside the residual."""
+
+    def __init__(self, cfg: ModelConfig, device=None):
+        super().__init__()
+        self.attn = Attention(cfg, device=device)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, device=device)
+        self.mlp = MLP(cfg, device=device)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, device=device)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn_norm(self.attn(x, cos, sin))
+        return x + self.mlp_norm(self.mlp(x))
+
+
+# -- the model ------------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    """Token ids (B, T) → logits (B, T, padded V)."""
+
+    def __init__(self, cfg: ModelConfig, device=None):
+        super().__init__()
+        self.cfg = cfg
+        V = cfg.padded_vocab_size
+        # Modules are created on 'meta' and materialised once below, so the weights are a pure
+        # function of the RNG state at `init_weights` (no default init consumes random numbers),
+        # whether the model is built directly or on 'meta' first for FSDP.
+        meta = torch.device("meta")
+        self.embed = nn.Embedding(V, cfg.d_model, device=meta)
+        self.blocks = nn.ModuleList(OLMo2Block(cfg, device=meta) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, device=meta)
+        # With tied embeddings there is no head module: logits use embed.weight directly, so
+        # state dicts, optimizers and FSDP see the shared matrix exactly once.
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, V, bias=False, device=meta)
+        # Not saved in checkpoints: it is a pure function of the config.
+        self.register_buffer("rope_inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta, meta), persistent=False)
+        target = torch.device(device) if device is not None else torch.get_default_device()
+        if target.type != "meta":
+            self.to_empty(device=target)
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """OLMo 2 init: every matrix ~ N(0, init_std) truncated at ±3σ, every norm weight 1.
+
+        Also refills the RoPE buffer, so a model built on 'meta' and materialised with
+        `to_empty` is usable after calling this.
+        """
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, 0.0, std, -3 * std, 3 * std, generator=generator)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent RoPE buffer on the device of the weights (after
+        `to_empty` or a `load_state_dict(assign=True)` onto a meta-built model)."""
+        self.rope_inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.embed.weight.device)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device)
+        cos, sin = rope_cos_sin(positions, self.rope_inv_freq)  # (T, d) each
+        x = self.embed(tokens)  # (B, T, D)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        x = self.norm(x)
+        head_weight = self.embed.weight if self.head is None else self.head.weight
+        return F.linear(x, head_weight)  # (B, T, V)
+
