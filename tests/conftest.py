@@ -16,3 +16,43 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+import json  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+WORDS = (
+    "the of and to in a that is was he for it with as his on be at by had not are but from or have an they "
+    "which one you were her all she there would their we him been has when who will more no if out so said what "
+    "up its about into than them can only other new some could time these two may then do first any my now such "
+    "like our over man me even most made after also did many before must through back years where much your way"
+).split()
+
+
+def write_corpus(path: Path, n_docs: int, seed: int, prefix: str = "d") -> Path:
+    """Synthetic English-like documents in dolma JSONL (Zipf-ish word choice)."""
+    rng = random.Random(seed)
+    weights = [1 / (i + 1) for i in range(len(WORDS))]
+    with open(path, "w") as f:
+        for i in range(n_docs):
+            n = rng.randint(30, 300)
+            text = " ".join(rng.choices(WORDS, weights, k=n)).capitalize() + "."
+            f.write(json.dumps({"id": f"{prefix}{i}", "text": text, "source": f"src{i % 3}"}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def token_data(tmp_path_factory):
+    """A tokenizer and train/validation token folders, made once per session."""
+    from lmforge.data.tokenize import tokenize
+    from lmforge.data.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("token_data")
+    train_jsonl = write_corpus(root / "train.jsonl", 600, seed=1)
+    val_jsonl = write_corpus(root / "val.jsonl", 60, seed=2, prefix="v")
+    tok = train_bpe([train_jsonl], vocab_size=512, show_progress=False)
+    tok.save(root / "tokenizer.json")
+    tokenize([train_jsonl], tok, root / "train", workers=1, progress=False)
+    tokenize([val_jsonl], tok, root / "val", workers=1, progress=False)
+    return root

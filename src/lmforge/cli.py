@@ -75,6 +75,47 @@ def cmd_get_tokenizer(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from lmforge.data.tokenize import tokenize
+
+    meta = tokenize(args.inputs, args.tokenizer, args.out, workers=args.workers, overwrite=args.overwrite)
+    mb = meta["text_bytes"] / 1e6
+    print(
+        f"wrote {args.out}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens ({meta['dtype']}), "
+        f"{mb:.1f} MB of text in {meta['seconds']:.1f}s ({mb / max(meta['seconds'], 1e-9):.1f} MB/s)"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from lmforge.train.config import RunConfig
+    from lmforge.train.trainer import train
+
+    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    metrics = train(cfg)
+    if metrics:
+        print(f"done: step {cfg.max_steps}, loss {float(metrics['loss']):.4f}; run in {cfg.trainer.run_dir}")
+
+
+def cmd_inspect_batch(args: argparse.Namespace) -> None:
+    from lmforge.data.inspect import batch_documents
+
+    rows = batch_documents(args.run, args.step)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        print(f"instance {row['instance']} (tokens {row['start']}:{row['end']})")
+        for doc in row["documents"]:
+            words = f"  {doc['first_words']!r}" if "first_words" in doc else ""
+            print(f"  {doc['id']:<40} {doc['source']:<14}{words}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from lmforge.plot import plot_run
+
+    print(f"wrote {plot_run(args.run, args.out)}")
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -95,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the exported weights")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
 
+    p = add("train", cmd_train, "Train (or resume) the run a YAML config describes.")
+    p.add_argument("config", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="--section.field=value overrides")
+
+    p = add("inspect-batch", cmd_inspect_batch, "Show the documents an optimizer step trained on.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--step", type=int, required=True, help="optimizer step (from 1)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("plot", cmd_plot, "Plot a run's loss, learning rate and grad norm to loss.png.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", help="PNG path (default RUN/loss.png)")
+
     p = add("model-info", cmd_model_info, "Parameter counts and training FLOPs/token of the presets.")
     p.add_argument("presets", nargs="*", help="preset names (default: all)")
     p.add_argument("--seq-len", type=int, default=None, help="context length for FLOPs (default: preset's)")
@@ -109,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to merge")
     p.add_argument("--out", required=True, help="tokenizer.json to write")
 
+    p = add("tokenize", cmd_tokenize, "Tokenize documents into token files (memmap + document index).", data)
+    p.add_argument("inputs", nargs="+", help="JSONL[.gz|.zst] or .txt files, or folders of them")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json, folder, or a known name (olmo2)")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
     p = add("get-tokenizer", cmd_get_tokenizer, "Fetch a published tokenizer (from its PyPI wheel) into the cache.", data)
     p.add_argument("name", help="olmo2 or olmo1")
     p.add_argument("--out", help="also copy it here")
@@ -116,7 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `lmforge train CFG --a.b=c`: dotted overrides look like options; hand them over as values.
+    known = build_parser()
+    args, extra = known.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) == "train" and all(x.startswith("--") and "=" in x for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            known.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         args.fn(args)

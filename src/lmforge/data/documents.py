@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from lmforge.errors import LmforgeError
 
@@ -31,15 +31,30 @@ class Document:
 def open_text(path: str | Path, mode: str = "rt") -> TextIO:
     """Open a text file, transparently (de)compressing .gz and .zst by suffix."""
     path = Path(path)
+    if "r" in mode:
+        return open_text_counted(path)[0]
     if path.suffix == ".gz":
         return gzip.open(path, mode, encoding="utf-8")  # type: ignore[return-value]
     if path.suffix == ".zst":
         import zstandard
 
-        if "r" in mode:
-            return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
         return io.TextIOWrapper(zstandard.ZstdCompressor().stream_writer(open(path, "wb")), encoding="utf-8")
     return open(path, mode, encoding="utf-8")
+
+
+def open_text_counted(path: Path) -> tuple[TextIO, BinaryIO]:
+    """A text reader over `path` plus the raw file under it, whose `tell()` says how far into
+    the (possibly compressed) file reading has got: progress bars use it."""
+    raw = open(path, "rb")
+    if path.suffix == ".gz":
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+    elif path.suffix == ".zst":
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    else:
+        stream = raw
+    return io.TextIOWrapper(stream, encoding="utf-8"), raw
 
 
 def is_document_file(path: Path) -> bool:

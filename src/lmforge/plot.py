@@ -1,0 +1,49 @@
+"""`lmforge plot RUN`: the run's curves as a PNG, for people (metrics.jsonl is for machines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise LmforgeError(f"{run_dir}: no metrics.jsonl (has the run started?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Train/validation loss, learning rate and gradient norm against tokens → loss.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on training machines
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    if not train and not val:
+        raise LmforgeError(f"{run_dir}/metrics.jsonl has no loss rows yet")
+    fig, (ax_loss, ax_lr, ax_gn) = plt.subplots(3, 1, figsize=(8, 9), sharex=True, height_ratios=[3, 1, 1])
+    ax_loss.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.8, label="train")
+    if val:
+        ax_loss.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    ax_loss.set_ylabel("cross-entropy (nats/token)")
+    ax_loss.set_title(f"{Path(run_dir).resolve().name}")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot([r["tokens"] for r in train], [r["lr"] for r in train], color="tab:green")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(alpha=0.3)
+    ax_gn.plot([r["tokens"] for r in train], [r["grad_norm"] for r in train], color="tab:red", lw=1)
+    ax_gn.set_ylabel("grad norm")
+    ax_gn.set_xlabel("tokens")
+    ax_gn.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out) if out else Path(run_dir) / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

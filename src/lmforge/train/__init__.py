@@ -1,0 +1,1 @@
+"""Training: run config, optimizer and schedules, checkpoints, callbacks and the loop."""

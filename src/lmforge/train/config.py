@@ -1,0 +1,134 @@
+"""The run config: one typed section per concern, loaded from YAML with dotted overrides.
+
+    lmforge train configs/demo.yaml --trainer.max_steps=20 --optim.lr=1e-3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from lmforge.config import Config, require
+from lmforge.model.config import ModelConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class DataConfig(Config):
+    train: list[Path]
+    """Token folders (from `lmforge data tokenize`) read as one stream, in this order."""
+    validation: list[Path] = dataclasses.field(default_factory=list)
+    """Token folders for validation loss; empty disables validation."""
+    seq_len: int = 256
+    """Tokens per training instance (the model's context during training)."""
+    mask_repetitions: bool = True
+    """Mask the loss of instances where a 1–13 token pattern repeats ≥ 32 times (OLMo 2)."""
+
+    def validate(self) -> None:
+        require(len(self.train) > 0, "data.train", "give at least one token folder")
+        require(self.seq_len > 0, "data.seq_len", f"must be positive, got {self.seq_len}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class OptimConfig(Config):
+    lr: float = 4e-4
+    """Peak learning rate, reached at the end of warmup."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    """Decoupled weight decay on weight matrices; never on embeddings or norms (OLMo 2)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    z_loss: float = 1e-5
+    """Weight of the z-loss, logsumexp(logits)², which keeps logits from drifting."""
+    schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
+    """After warmup: cosine to min_lr_ratio·lr, linear to 0, warmup-stable-decay, or flat."""
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    """Final LR of the cosine schedule as a fraction of the peak."""
+    decay_fraction: float = 0.2
+    """WSD: the last fraction of steps decays linearly to 0."""
+
+    def validate(self) -> None:
+        require(self.lr > 0, "optim.lr", f"must be positive, got {self.lr}")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1/beta2", "must be in [0, 1)")
+        require(self.weight_decay >= 0, "optim.weight_decay", f"must be ≥ 0, got {self.weight_decay}")
+        require(self.grad_clip >= 0, "optim.grad_clip", f"must be ≥ 0, got {self.grad_clip}")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be ≥ 0, got {self.warmup_steps}")
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(0 < self.decay_fraction <= 1, "optim.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainerConfig(Config):
+    run_dir: Path
+    """Where config, metrics and checkpoints go. Training in an existing run dir resumes it."""
+    batch_tokens: int = 16_384
+    """Tokens per optimizer step (global batch); a multiple of data.seq_len."""
+    micro_batch_size: int = 8
+    """Instances per forward/backward pass; the batch is accumulated over several."""
+    max_steps: int | None = None
+    """Optimizer steps to train; or set max_tokens."""
+    max_tokens: int | None = None
+    """Tokens to train on (rounded up to whole steps); used when max_steps is not set."""
+    seed: int = 0
+    """Seeds the init and the data order."""
+    log_every: int = 1
+    eval_every: int = 100
+    """Validation loss every this many steps (and before the first and after the last)."""
+    eval_batches: int = 8
+    """Micro-batches of the validation set per evaluation (the same ones every time)."""
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept; older ones are deleted (0 keeps all)."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu' or 'cuda'."""
+    compile: bool = False
+    """torch.compile the model (costs ~20 s on CPU)."""
+
+    def validate(self) -> None:
+        for name in ("batch_tokens", "micro_batch_size", "log_every", "eval_every", "checkpoint_every"):
+            require(getattr(self, name) > 0, f"trainer.{name}", f"must be positive, got {getattr(self, name)}")
+        require(self.keep_checkpoints >= 0, "trainer.keep_checkpoints", "must be ≥ 0")
+        require(
+            (self.max_steps is None) != (self.max_tokens is None),
+            "trainer.max_steps",
+            "set exactly one of trainer.max_steps and trainer.max_tokens",
+        )
+        require(self.device in ("auto", "cpu", "cuda"), "trainer.device", f"{self.device!r}; choose auto, cpu or cuda")
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunConfig(Config):
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    trainer: TrainerConfig
+    tokenizer: Path | None = None
+    """tokenizer.json the data was made with; copied into checkpoints and exports."""
+
+    def validate(self) -> None:
+        t, d = self.trainer, self.data
+        require(
+            t.batch_tokens % d.seq_len == 0,
+            "trainer.batch_tokens",
+            f"{t.batch_tokens} is not a multiple of data.seq_len={d.seq_len}",
+        )
+        instances = t.batch_tokens // d.seq_len
+        require(
+            instances % t.micro_batch_size == 0,
+            "trainer.micro_batch_size",
+            f"{t.micro_batch_size} must divide the {instances} instances of a batch (batch_tokens / seq_len)",
+        )
+
+    @property
+    def batch_instances(self) -> int:
+        return self.trainer.batch_tokens // self.data.seq_len
+
+    @property
+    def max_steps(self) -> int:
+        if self.trainer.max_steps is not None:
+            return self.trainer.max_steps
+        assert self.trainer.max_tokens is not None
+        return -(-self.trainer.max_tokens // self.trainer.batch_tokens)
