@@ -2,7 +2,7 @@
 index) against a plain HF `tokenizers` encode_batch loop over the same documents (read and
 encode only, nothing written), with the OLMo 2 tokenizer, on this machine's cores.
 
-    .venv/bin/python benchmarks/tokenize.py [--repeats 3] [--corpus data/demo/train.jsonl.gz]
+    .venv/bin/python benchmarks/bench_tokenize.py [--repeats 3] [--corpus data/demo/train.jsonl.gz]
 
 Prints one line per case (median MB/s of text over the repeats) and the ratio, and writes
 benchmarks/results/tokenize.json.
@@ -81,7 +81,7 @@ def main() -> int:
     for name, rate in rates.items():
         print(f"{name:<28} {rate:7.2f} MB/s")
     print(f"ratio lmforge / HF          {ours_rate / peer_rate:7.2f}x")
-    print(f"command: .venv/bin/python benchmarks/tokenize.py --repeats {args.repeats}")
+    print(f"command: .venv/bin/python benchmarks/bench_tokenize.py --repeats {args.repeats}")
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenize.json").write_text(json.dumps(
