@@ -4,22 +4,19 @@ encode only, nothing written), with the OLMo 2 tokenizer, on this machine's core
 
     .venv/bin/python benchmarks/bench_tokenize.py [--repeats 3] [--corpus data/demo/train.jsonl.gz]
 
-Prints one line per case (median MB/s of text over the repeats) and the ratio, and writes
-benchmarks/results/tokenize.json.
+Prints the median MB/s of text per case and the ratio; writes benchmarks/results/tokenize.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import REPO, report, run_interleaved
 
 
 def peer_hf_encode_batch(corpus: Path, tokenizer_path: Path) -> tuple[float, int]:
@@ -47,14 +44,14 @@ def ours(corpus: Path, tokenizer_path: Path, workers: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         meta = tokenize([corpus], tokenizer_path, Path(tmp) / "out", workers=workers, progress=False)
-        return time.perf_counter() - start, meta["num_tokens"] - meta["num_documents"]
+        return time.perf_counter() - start, meta["num_tokens"] - meta["num_documents"]  # less the EOS ids
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=REPO / "data" / "demo" / "train.jsonl.gz")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=None, help="lmforge processes (default: its own choice)")
     args = parser.parse_args()
 
     from lmforge.data.documents import read_documents
@@ -62,31 +59,23 @@ def main() -> int:
 
     tokenizer_path = fetch_pretrained("olmo2")
     mb = sum(len(d.text.encode()) for d in read_documents(args.corpus)) / 1e6
-    cases = {"lmforge data tokenize": lambda: ours(args.corpus, tokenizer_path, args.workers),
-             "HF tokenizers encode_batch": lambda: peer_hf_encode_batch(args.corpus, tokenizer_path)}
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    tokens: dict[str, int] = {}
-    for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-        for name, fn in cases.items():
-            seconds, n = fn()
-            times[name].append(seconds)
-            tokens[name] = n
-    if len(set(tokens.values())) != 1:
-        print(f"token counts differ: {tokens}", file=sys.stderr)
+    token_counts: dict[str, int] = {}
+
+    def rate(name: str, fn) -> float:
+        seconds, token_counts[name] = fn()
+        return mb / seconds
+
+    results = run_interleaved({
+        "lmforge data tokenize": lambda: rate("ours", lambda: ours(args.corpus, tokenizer_path, args.workers)),
+        "HF tokenizers encode_batch": lambda: rate("peer", lambda: peer_hf_encode_batch(args.corpus, tokenizer_path)),
+    }, args.repeats)
+    if token_counts["ours"] != token_counts["peer"]:
+        print(f"token counts differ: {token_counts}", file=sys.stderr)
         return 1
-    rates = {name: mb / statistics.median(t) for name, t in times.items()}
-    ours_rate, peer_rate = rates["lmforge data tokenize"], rates["HF tokenizers encode_batch"]
-    print(f"corpus {args.corpus.name}: {mb:.2f} MB of text, {tokens['lmforge data tokenize']:,} tokens, "
-          f"{os.cpu_count()} cores, median of {args.repeats}")
-    for name, rate in rates.items():
-        print(f"{name:<28} {rate:7.2f} MB/s")
-    print(f"ratio lmforge / HF          {ours_rate / peer_rate:7.2f}x")
-    print(f"command: .venv/bin/python benchmarks/bench_tokenize.py --repeats {args.repeats}")
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenize.json").write_text(json.dumps(
-        {"mb_text": mb, "seconds": times, "mb_per_s": rates, "ratio": ours_rate / peer_rate,
-         "cores": os.cpu_count(), "workers": args.workers}, indent=1) + "\n")
+    print(f"corpus {args.corpus.name}: {mb:.2f} MB of text, {token_counts['ours']:,} tokens, {os.cpu_count()} cores")
+    report("tokenize", results, unit="MB/s", ours="lmforge data tokenize", peer="HF tokenizers encode_batch",
+           command=f".venv/bin/python benchmarks/bench_tokenize.py --repeats {args.repeats}",
+           extra={"mb_text": mb, "cores": os.cpu_count(), "workers": args.workers or "default"})
     return 0
 
 

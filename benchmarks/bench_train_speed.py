@@ -10,14 +10,13 @@ warm-up); prints median tokens/s per case and the ratio; writes benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import REPO, report, run_interleaved
+
 WARMUP = 3
 
 
@@ -51,18 +50,12 @@ def main() -> int:
     if not (args.tokens / "train" / "meta.json").exists():
         print(f"{args.tokens}/train has no token files: run `make demo` first or pass --tokens", file=sys.stderr)
         return 2
-    rates: dict[str, list[float]] = {"eager": [], "torch.compile": []}
-    for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-        rates["eager"].append(tokens_per_s(args.tokens, False, args.steps))
-        rates["torch.compile"].append(tokens_per_s(args.tokens, True, args.steps))
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    for name, rate in med.items():
-        print(f"{name:<14} {rate:10,.0f} tokens/s (median of {args.repeats})")
-    print(f"ratio compile / eager {med['torch.compile'] / med['eager']:.2f}x")
-    print(f"command: .venv/bin/python benchmarks/bench_train_speed.py --steps {args.steps} --repeats {args.repeats}")
-    out = REPO / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_speed.json").write_text(json.dumps({"tokens_per_s": rates, "median": med}, indent=1) + "\n")
+    results = run_interleaved({
+        "torch.compile": lambda: tokens_per_s(args.tokens, True, args.steps),
+        "eager": lambda: tokens_per_s(args.tokens, False, args.steps),
+    }, args.repeats)
+    report("train_speed", results, unit="tokens/s", ours="torch.compile", peer="eager",
+           command=f".venv/bin/python benchmarks/bench_train_speed.py --steps {args.steps} --repeats {args.repeats}")
     return 0
 
 

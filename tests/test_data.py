@@ -98,3 +98,36 @@ def test_batch_masks_repetitive_instance(token_data, tmp_path):
     ds = InstanceDataset(TokenStream([tmp_path / "spam"]), 128, seed=0)
     batch = ds.batch(np.array([0]))
     assert batch.n_masked_instances == 1 and (batch.targets == -100).all()
+
+
+def test_zst_and_txt_inputs(token_data, tmp_path):
+    import zstandard
+
+    tok = Tokenizer.load(token_data / "tokenizer.json")
+    line = json.dumps({"id": "z1", "text": "compressed words here", "source": "zst"}) + "\n"
+    (tmp_path / "docs.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(line.encode()))
+    (tmp_path / "plain.txt").write_text("A whole file\nis one document.")
+    tokenize([tmp_path], tok, tmp_path / "out", workers=1, progress=False)
+    files = TokenFiles(tmp_path / "out")
+    spans = files.documents_in(0, files.num_tokens)
+    assert [(s.id, s.source) for s in spans] == [("z1", "zst"), ("plain.txt", "plain")]
+    assert files.read(spans[1].start, spans[1].end).tolist() == tok.encode("A whole file\nis one document.")
+
+
+def test_stream_over_several_folders(token_data, tmp_path):
+    stream = TokenStream([token_data / "val", token_data / "train"])
+    val, train = TokenFiles(token_data / "val"), TokenFiles(token_data / "train")
+    assert stream.num_tokens == val.num_tokens + train.num_tokens
+    edge = val.num_tokens
+    assert stream.read(edge - 3, edge + 3).tolist() == val.read(edge - 3, edge).tolist() + train.read(0, 3).tolist()
+    (folder, span), = [d for d in stream.documents_in(edge, edge + 1)]
+    assert folder == str(token_data / "train") and span.id == "d0" and span.start == edge  # stream positions
+
+
+def test_folders_from_different_tokenizers_are_refused(token_data, tmp_path):
+    from lmforge.data.tokenizer import train_bpe
+
+    other = train_bpe([token_data / "val.jsonl"], vocab_size=300, show_progress=False)
+    tokenize([token_data / "val.jsonl"], other, tmp_path / "other", workers=1, progress=False)
+    with pytest.raises(LmforgeError, match=r"made with different tokenizers"):
+        TokenStream([token_data / "train", tmp_path / "other"])

@@ -143,3 +143,20 @@ def test_changed_config_in_existing_run_dir_is_refused(token_data, tmp_path):
     changed["optim"]["lr"] = 1e-3
     with pytest.raises(LmforgeError, match=r"different config \(optim.lr\)"):
         Trainer(RunConfig.from_dict(changed)).fit()
+
+
+def test_cli_train_with_overrides_inspect_and_plot(token_data, tmp_path, capsys):
+    from lmforge.cli import main
+
+    config = write_config(tmp_path / "c.yaml", run_config(token_data, tmp_path / "run"))
+    assert main(["train", str(config), "--trainer.max_steps=3", "--trainer.checkpoint_every=2",
+                 "--trainer.keep_checkpoints=1"]) == 0
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step")] == ["step-3"]
+    assert RunConfig.from_yaml(tmp_path / "run" / "config.yaml").trainer.max_steps == 3
+    capsys.readouterr()
+    assert main(["inspect-batch", str(tmp_path / "run"), "--step", "3"]) == 0
+    assert "instance" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
+    assert main(["train", str(config), "--trainer.max_stepz=3"]) == 2
+    assert "did you mean 'max_steps'" in capsys.readouterr().err

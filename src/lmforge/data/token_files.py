@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +28,20 @@ META_FILE = "meta.json"
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits (halves disk and page cache), else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def read_span(arrays: Sequence[np.ndarray], offsets: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Elements [start, end) of the concatenation of `arrays` (whose start offsets, plus the
+    total at the end, are `offsets`), as int64, without concatenating anything else."""
+    pieces = []
+    first = max(int(np.searchsorted(offsets, start, side="right")) - 1, 0)
+    for i in range(first, len(arrays)):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        if lo >= end:
+            break
+        if hi > start:
+            pieces.append(arrays[i][max(start, lo) - lo : min(end, hi) - lo])
+    return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -76,15 +91,8 @@ class TokenFiles:
         return self.meta["tokenizer"]["vocab_size"]
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Tokens [start, end) of the global stream as int64, across part boundaries."""
-        pieces = []
-        first = int(np.searchsorted(self.part_starts, start, side="right") - 1)
-        for p in range(first, len(self.parts)):
-            lo, hi = self.part_starts[p], self.part_starts[p + 1]
-            if lo >= end:
-                break
-            pieces.append(self.parts[p][max(start, lo) - lo : min(end, hi) - lo])
-        return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
+        """Tokens [start, end) of the folder's stream as int64, across part boundaries."""
+        return read_span(self.parts, self.part_starts, start, end)
 
     # -- document index (loaded on first use: training does not need it) -------------------------
     @cached_property

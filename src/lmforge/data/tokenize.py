@@ -51,6 +51,9 @@ _worker_tokenizer: Tokenizer | None = None
 
 def _init_worker(tokenizer_json: str, eos_token: str) -> None:
     global _worker_tokenizer  # one tokenizer per worker process, built once
+    # Each worker encodes single-threaded: the parallelism is across processes. Set before the
+    # tokenizers thread pool first runs in this (fresh, spawned) process.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     import tokenizers
 
     _worker_tokenizer = Tokenizer(tokenizers.Tokenizer.from_str(tokenizer_json), eos_token=eos_token)
@@ -58,10 +61,10 @@ def _init_worker(tokenizer_json: str, eos_token: str) -> None:
 
 def _encode_chunk(item: tuple[str, int, list[str], int]) -> EncodedChunk:
     assert _worker_tokenizer is not None, "worker started without _init_worker"
-    return encode_chunk(_worker_tokenizer, item)
+    return encode_chunk(_worker_tokenizer, item, threads=1)
 
 
-def encode_chunk(tok: Tokenizer, item: tuple[str, int, list[str], int]) -> EncodedChunk:
+def encode_chunk(tok: Tokenizer, item: tuple[str, int, list[str], int], threads: int | None = None) -> EncodedChunk:
     """Parse and encode one chunk of raw lines (errors name file and line)."""
     path_str, first_line, lines, input_pos = item
     path = Path(path_str)
@@ -69,7 +72,7 @@ def encode_chunk(tok: Tokenizer, item: tuple[str, int, list[str], int]) -> Encod
         docs = [parse_document(json.dumps({"id": path.name, "text": "".join(lines)}), path, 1)]
     else:
         docs = [parse_document(line, path, first_line + i) for i, line in enumerate(lines) if line.strip()]
-    encoded = tok.encode_batch([d.text for d in docs])
+    encoded = tok.encode_batch([d.text for d in docs], threads=threads)
     lengths = np.array([len(e) for e in encoded], dtype=np.int64)
     flat = np.empty(int(lengths.sum()) + len(docs), dtype=np.int64)
     pos = 0
@@ -176,7 +179,10 @@ def tokenize(
         raise LmforgeError(f"no document files found in {', '.join(map(str, inputs))}")
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
     dtype = token_dtype(tok.vocab_size)
-    workers = workers or os.cpu_count() or 1
+    if workers is None:
+        # The tiktoken fast path is already multi-threaded (and releases the GIL): one process
+        # avoids spawning workers that would each rebuild it. HF encodes one process per core.
+        workers = 1 if tok.fast_encoder is not None else os.cpu_count() or 1
     total_bytes = sum(f.stat().st_size for f in files)
 
     start_time = time.perf_counter()
@@ -218,9 +224,7 @@ def _run(
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
     pool = None
     if workers > 1:
-        # Workers encode single-threaded: the parallelism is across processes, not inside each.
         # 'spawn' because forking a parent whose tokenizers thread pool has run can deadlock.
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         pool = mp.get_context("spawn").Pool(workers, _init_worker, (tok.hf.to_str(), tok.eos_token))
     try:
         if pool is None:

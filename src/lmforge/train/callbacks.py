@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from lmforge.model.loss import lm_loss
@@ -31,6 +32,8 @@ class Callback:
 
     def on_train_start(self, trainer: Trainer) -> None: ...
 
+    def pre_step(self, trainer: Trainer) -> None: ...
+
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
     def on_train_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
@@ -42,7 +45,8 @@ class Callback:
 
 
 class SpeedMonitor(Callback):
-    """Tokens/s over the last log interval and, on CUDA, model FLOPs utilisation."""
+    """Training tokens/s over the last log interval and, on CUDA, model FLOPs utilisation.
+    Only time inside steps counts: validation and checkpointing do not dilute the rate."""
 
     priority = 30
 
@@ -52,19 +56,26 @@ class SpeedMonitor(Callback):
         if trainer.device.type == "cuda":
             name = torch.cuda.get_device_name(trainer.device)
             self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-        self.last_time, self.last_tokens = time.perf_counter(), trainer.tokens_seen
+        self.seconds, self.tokens = 0.0, 0
+
+    def pre_step(self, trainer: Trainer) -> None:
+        self.step_start, self.tokens_before = time.perf_counter(), trainer.tokens_seen
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if trainer.step % trainer.cfg.trainer.log_every:
+        log_step = trainer.step % trainer.cfg.trainer.log_every == 0
+        if log_step and trainer.device.type == "cuda":
+            # Host sync once per log interval: kernels queued by earlier steps finish here, so
+            # the interval's summed step times cover the GPU work, not just the launches.
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - self.step_start
+        self.tokens += trainer.tokens_seen - self.tokens_before
+        if not log_step:
             return
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize()  # host sync, once per log interval, for honest timing
-        now = time.perf_counter()
-        rate = (trainer.tokens_seen - self.last_tokens) / max(now - self.last_time, 1e-9)
+        rate = self.tokens / max(self.seconds, 1e-9)
         metrics["tokens_per_s"] = rate
         if self.peak:
             metrics["mfu"] = rate * self.flops_per_token / self.peak
-        self.last_time, self.last_tokens = now, trainer.tokens_seen
+        self.seconds, self.tokens = 0.0, 0
 
 
 class Validator(Callback):
@@ -92,7 +103,7 @@ class Validator(Callback):
         trainer.model.eval()
         total, tokens = torch.zeros((), device=trainer.device), 0
         for start in range(0, count, mb):
-            batch = data.batch(torch.arange(start, min(start + mb, count)).numpy())
+            batch = data.batch(np.arange(start, min(start + mb, count)))
             with trainer.autocast():
                 logits = trainer.model(batch.inputs.to(trainer.device))
             ce, _, n = lm_loss(logits, batch.targets.to(trainer.device), reduction="sum")

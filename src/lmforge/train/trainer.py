@@ -100,6 +100,8 @@ class Trainer:
         metrics: dict[str, Any] = {}
         while self.step < self.max_steps:
             self.step += 1
+            for cb in self.callbacks:
+                cb.pre_step(self)
             batch = next(batches)
             metrics = self.train_step(batch)
             for cb in self.callbacks:
