@@ -21,7 +21,7 @@ from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write
 from lmforge.model.io import load_model, save_model
-from lmforge.model.loss import lm_loss
+from lmforge.model.loss import IGNORE_INDEX, lm_loss
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.callbacks import Callback, Checkpointer, MetricsLogger, SpeedMonitor, Validator, append_jsonl
 from lmforge.train.config import RunConfig
@@ -83,7 +83,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
 
         self.callbacks = sorted(
-            callbacks or [SpeedMonitor(), Validator(), MetricsLogger(), Checkpointer()],
+            [SpeedMonitor(), Validator(), MetricsLogger(), Checkpointer()] if callbacks is None else callbacks,
             key=lambda c: (-c.priority, type(c).__name__),
         )
         self.step = 0
@@ -117,7 +117,7 @@ class Trainer:
         mb = self.cfg.trainer.micro_batch_size
         inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
         # Normalise by the batch's counted tokens, so the gradient is the mean over the whole batch.
-        n_tokens = (targets != -100).sum().clamp(min=1)
+        n_tokens = (targets != IGNORE_INDEX).sum().clamp(min=1)
         ce_sum = torch.zeros((), device=self.device)
         z_sum = torch.zeros((), device=self.device)
         for start in range(0, len(inputs), mb):
