@@ -116,6 +116,29 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {plot_run(args.run, args.out)}")
 
 
+def cmd_curate(args: argparse.Namespace) -> None:
+    from lmforge.curate.pipeline import CurateConfig, curate
+    from lmforge.curate.steps import registered_steps
+
+    if args.list_steps:
+        for name, cls in sorted(registered_steps().items()):
+            doc = " ".join((cls.Config.__doc__ or "").split())
+            print(f"{name:<20} {doc.split('. ')[0].rstrip('.')}")
+        return
+    if not args.pipeline:
+        raise LmforgeError("data curate: name a pipeline YAML (or use --list-steps)")
+    stats = curate(CurateConfig.from_yaml(args.pipeline, args.overrides), progress=not args.quiet)
+    out, inp = stats["output"], stats["input"]
+    print(f"kept {out['documents']:,} of {inp['documents']:,} documents")
+
+
+def cmd_mix(args: argparse.Namespace) -> None:
+    from lmforge.curate.mix import MixConfig, mix
+
+    report = mix(MixConfig.from_yaml(args.config, args.overrides), progress=not args.quiet)
+    print(f"wrote {len(report['shards'])} shards to {report['config']['output']}")
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -170,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores, or 1 where the tiktoken fast path threads)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
+    p = add("curate", cmd_curate, "Filter, deduplicate and decontaminate documents (a pipeline YAML).", data)
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML (input, output, steps)")
+    p.add_argument("overrides", nargs="*", help="--field=value overrides, e.g. --workers=4")
+    p.add_argument("--list-steps", action="store_true", help="list the step names a pipeline can use")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+
+    p = add("mix", cmd_mix, "Mix sources to target token proportions into shards (a mix YAML).", data)
+    p.add_argument("config", help="mix YAML (sources with paths and proportions, output)")
+    p.add_argument("overrides", nargs="*", help="--field=value overrides")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = add("get-tokenizer", cmd_get_tokenizer, "Fetch a published tokenizer (from its PyPI wheel) into the cache.", data)
     p.add_argument("name", help="olmo2 or olmo1")
     p.add_argument("--out", help="also copy it here")
@@ -182,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     known = build_parser()
     args, extra = known.parse_known_args(argv)
     if extra:
-        if getattr(args, "command", None) == "train" and all(x.startswith("--") and "=" in x for x in extra):
+        takes_overrides = getattr(args, "command", None) == "train" or getattr(args, "data_command", None) in ("curate", "mix")
+        if takes_overrides and all(x.startswith("--") and "=" in x for x in extra):
             args.overrides = list(args.overrides) + extra
         else:
             known.error(f"unrecognized arguments: {' '.join(extra)}")

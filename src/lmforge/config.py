@@ -189,6 +189,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             value = [value]  # a single item where a list is expected is a list of one
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed-length tuple[A, B, ...]
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} items ({_type_name(tp)}), got {value!r}")
+            return tuple(coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
         item_tp = args[0] if args else Any
         items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

@@ -42,7 +42,8 @@ def open_text_counted(path: Path) -> tuple[TextIO, BinaryIO]:
     elif path.suffix == ".zst":
         import zstandard
 
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+        # read_across_frames: files written by concatenating zstd streams are read whole.
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
     else:
         stream = raw
     return io.TextIOWrapper(stream, encoding="utf-8"), raw

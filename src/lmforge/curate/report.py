@@ -1,0 +1,100 @@
+"""Statistics of a curation run: merged from the tasks' markers into stats.json, printed as a
+table, and drawn as stats.png (documents and words left after each step, per source)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lmforge.curate.steps import Step
+
+
+def merge_stats(steps: list[Step], markers: list[dict], resolves: dict[str, dict], *, n_stages: int,
+                seconds: float) -> dict[str, Any]:  # fmt: skip
+    per_step: dict[str, dict[str, Any]] = {}
+    for m in markers:
+        for label, e in m["steps"].items():
+            t = per_step.setdefault(label, {"docs_in": 0, "docs_out": 0, "words_in": 0, "words_out": 0,
+                                            "removed": Counter(), "sources": {}})  # fmt: skip
+            for k in ("docs_in", "docs_out", "words_in", "words_out"):
+                t[k] += e[k]
+            t["removed"].update(e["removed"])
+            for src, vals in e["sources"].items():
+                acc = t["sources"].setdefault(src, [0, 0, 0, 0])
+                for i, v in enumerate(vals):
+                    acc[i] += v
+    first = [m for m in markers if m["stage"] == 0]
+    last = [m for m in markers if m["stage"] == n_stages - 1]
+    read = sum(m["read"] for m in first)
+    step_rows = []
+    for step in steps:
+        t = per_step.get(step.label, {"docs_in": 0, "docs_out": 0, "words_in": 0, "words_out": 0,
+                                      "removed": Counter(), "sources": {}})  # fmt: skip
+        step_rows.append({
+            "label": step.label, "step": step.name, **{k: t[k] for k in ("docs_in", "docs_out", "words_in", "words_out")},
+            "removed": dict(sorted(t["removed"].items(), key=lambda kv: -kv[1])),
+            "sources": {s: dict(zip(("docs_in", "docs_out", "words_in", "words_out"), v)) for s, v in sorted(t["sources"].items())},
+            **({"resolve": resolves[step.label]} if step.label in resolves else {}),
+        })  # fmt: skip
+    written = sum(m["written"] for m in last)
+    words_in = step_rows[0]["words_in"] if step_rows else 0
+    return {
+        "unit_words": "whitespace-separated words",
+        "input": {"shards": len(first), "documents": read, "rejected_lines": sum(m["rejected"] for m in first),
+                  "words": words_in},  # fmt: skip
+        "output": {"documents": written, "words": step_rows[-1]["words_out"] if step_rows else 0},
+        "steps": step_rows,
+        "seconds": seconds,
+        "task_seconds": sum(m["seconds"] for m in markers),
+        "documents_per_second": read / seconds if seconds > 0 else None,
+    }
+
+
+def format_table(stats: dict[str, Any]) -> str:
+    rows = [("step", "docs in", "docs out", "kept %", "words out", "top removal reasons")]
+    for s in stats["steps"]:
+        kept = 100 * s["docs_out"] / s["docs_in"] if s["docs_in"] else 100.0
+        reasons = ", ".join(f"{r} {n:,}" for r, n in list(s["removed"].items())[:3])
+        rows.append((s["label"], f"{s['docs_in']:,}", f"{s['docs_out']:,}", f"{kept:.1f}", f"{s['words_out']:,}", reasons))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + "  " + r[-1]
+             for r in rows]  # fmt: skip
+    i, o = stats["input"], stats["output"]
+    lines.append(f"input {i['documents']:,} documents ({i['rejected_lines']:,} unreadable lines) → output "
+                 f"{o['documents']:,} documents, {o['words']:,} words")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_report(stats: dict[str, Any], folder: Path, *, progress: bool = True) -> None:
+    if progress:
+        print(format_table(stats))
+    plot_stats(stats, folder / "stats.png")
+
+
+def plot_stats(stats: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = stats["steps"]
+    labels = ["input"] + [s["label"] for s in steps]
+    sources = sorted({src for s in steps for src in s["sources"]})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in ((axes[0], "docs", "documents"), (axes[1], "words", "words")):
+        bottom = [0.0] * len(labels)
+        for src in sources:
+            first = steps[0]["sources"].get(src, {}) if steps else {}
+            vals = [first.get(f"{key}_in", 0)] + [s["sources"].get(src, {}).get(f"{key}_out", 0) for s in steps]
+            # A source that a step never saw (all removed before) has 0 left.
+            ax.bar(labels, vals, bottom=bottom, label=src)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_title(f"{title} left after each step")
+        ax.tick_params(axis="x", rotation=30)
+        for t in ax.get_xticklabels():
+            t.set_ha("right")
+    axes[1].legend(fontsize="small", loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

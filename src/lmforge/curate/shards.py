@@ -1,0 +1,81 @@
+"""Reading and writing the JSONL shards of a curation run.
+
+Outputs are gzip with no file name and mtime 0 in the header, so a resumed run writes the same
+bytes as an uninterrupted one. Every file is written under a temporary name and renamed into
+place, so a file that exists is complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from lmforge.data.documents import Document, open_text, parse_document
+from lmforge.errors import LmforgeError
+
+GZIP_LEVEL = 3  # ~3× faster than level 9 for a few % more bytes
+
+
+def dumps(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+
+class ShardWriter:
+    """Writes JSONL rows to `path` (gzip if it ends in .gz) via a temporary file; `commit()`
+    renames it into place. Not committing (an exception, a kill) leaves only the temp file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw: BinaryIO = open(self.tmp, "wb")
+        self._out: BinaryIO = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[assignment]
+            if path.name.endswith(".gz")
+            else self._raw
+        )
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._out.write(dumps(row).encode("utf-8") + b"\n")
+        self.rows += 1
+
+    def close(self) -> None:
+        if self._out is not self._raw:
+            self._out.close()
+        self._raw.close()
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_input(path: Path) -> Iterator[tuple[int, Document | None, str | None, str]]:
+    """(line number, document or None, error or None, raw line) for each non-blank line of a
+    dolma JSONL file. A bad line does not stop the file: the caller records it as a reject."""
+    try:
+        with open_text(path) as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, parse_document(line, path, line_no), None, line
+                except LmforgeError as e:
+                    yield line_no, None, str(e), line
+    except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as e:
+        raise LmforgeError(f"{path}: cannot be read as UTF-8 JSONL ({e})") from None
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a shard this package wrote (trusted: no per-line error handling)."""
+    with open_text(path) as f:
+        for line in f:
+            yield json.loads(line)

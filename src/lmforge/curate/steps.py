@@ -1,0 +1,183 @@
+"""What a curation step is, and the registry that pipeline YAML names steps from.
+
+Two kinds of step:
+
+* `DocumentStep` looks at one document at a time (filters, taggers, decontamination). It
+  returns a `Verdict`: keep or remove, why, and the values it measured. It may change
+  `doc.text` (C4 drops lines, paragraph dedup drops paragraphs).
+* `GlobalStep` needs to see the whole corpus before it can decide (exact and near-duplicate
+  removal). It runs in three phases so the expensive part stays parallel: `signature()` per
+  document inside the shard workers, `resolve()` once over every shard's signatures, then
+  `apply()` per document with what `resolve` decided for it.
+
+A new filter is a config class and a `__call__`:
+
+    @dataclass(kw_only=True)
+    class NoLoremConfig(Config):
+        phrase: str = "lorem ipsum"
+
+    @register_step("no_lorem")
+    class NoLorem(DocumentStep):
+        Config = NoLoremConfig
+
+        def __call__(self, doc):
+            found = self.config.phrase in doc.text.lower()
+            return Verdict.remove("lorem") if found else Verdict.keep()
+"""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lmforge.config import Config
+from lmforge.curate.text import SpacyWords
+from lmforge.errors import ConfigError
+
+Value = float | int | bool | str
+
+
+@dataclass
+class Verdict:
+    """A step's decision on one document, with the measurements that led to it."""
+
+    kept: bool = True
+    reason: str = ""
+    values: dict[str, Value] = field(default_factory=dict)
+
+    @classmethod
+    def keep(cls, **values: Value) -> Verdict:
+        return cls(True, "", values)
+
+    @classmethod
+    def remove(cls, reason: str, **values: Value) -> Verdict:
+        return cls(False, reason, values)
+
+
+class CurateDocument:
+    """A document moving through the pipeline. `words` is computed once per text version and
+    shared by all steps; assigning `text` invalidates it."""
+
+    __slots__ = ("id", "source", "metadata", "attributes", "_text", "_words", "_splitter")
+
+    def __init__(self, id: str, text: str, source: str, metadata: dict[str, Any], splitter: SpacyWords):
+        self.id = id
+        self.source = source
+        self.metadata = metadata
+        self.attributes: dict[str, Value] = {}  # "<step>__<value>" → measured value
+        self._text = text
+        self._words: list[str] | None = None
+        self._splitter = splitter
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        if value != self._text:
+            self._text = value
+            self._words = None
+
+    @property
+    def words(self) -> list[str]:
+        """spaCy English words of the current text (see `lmforge.curate.text`)."""
+        if self._words is None:
+            self._words = self._splitter.words(self._text)
+        return self._words
+
+    def split_words(self, text: str) -> list[str]:
+        """spaCy English words of any text (e.g. a normalised copy of this one)."""
+        return self._splitter.words(text)
+
+    def count_sentences(self, line: str) -> int:
+        return self._splitter.count_sentences(line)
+
+
+class Step:
+    """Common part of both kinds: a registered name, a typed config, a lazily built state."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[Config]] = Config
+
+    def __init__(self, config: Config, *, label: str | None = None):
+        self.config = config
+        self.label = label or self.name  # unique within a pipeline; prefixes attributes
+
+    def setup(self) -> None:
+        """Load heavy state (indexes, tokenizers) once per worker process, before the first
+        document. Steps are pickled to workers, so do not build such state in __init__."""
+
+
+class DocumentStep(Step):
+    def __call__(self, doc: CurateDocument) -> Verdict:
+        raise NotImplementedError
+
+
+class GlobalStep(Step):
+    def signature(self, doc: CurateDocument) -> Any:
+        """What `resolve` needs to know about one document (must pickle)."""
+        raise NotImplementedError
+
+    def save_signatures(self, signatures: list[Any], path: Path) -> None:
+        with open(path, "wb") as f:
+            pickle.dump(signatures, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def load_signatures(self, path: Path) -> list[Any]:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+
+    def resolve(self, shards: list[list[Any]]) -> list[dict[int, Any]]:
+        """Given every shard's signatures (in shard order, documents in order), say for each
+        shard what to do with which document: {position in shard: action}. Must not depend
+        on how shards were spread over workers."""
+        raise NotImplementedError
+
+    def apply(self, doc: CurateDocument, action: Any) -> Verdict:
+        """Carry out `resolve`'s action on a document (only called for documents that have one)."""
+        raise NotImplementedError
+
+
+_STEPS: dict[str, type[Step]] = {}
+
+
+def register_step(name: str):
+    """Class decorator: make a step available to pipeline YAML under `name`."""
+
+    def wrap(cls: type[Step]) -> type[Step]:
+        if name in _STEPS and _STEPS[name] is not cls:
+            raise ValueError(f"step name {name!r} is already registered by {_STEPS[name].__qualname__}")
+        cls.name = name
+        _STEPS[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_steps() -> dict[str, type[Step]]:
+    import lmforge.curate.builtin  # noqa: F401  (registers the built-in steps)
+
+    return dict(_STEPS)
+
+
+def build_step(spec: Any, where: str) -> Step:
+    """A step from its YAML form: `{name: {field: value, ...}}` (config optional), with an
+    optional `label` field to tell two steps of the same kind apart."""
+    steps = registered_steps()
+    if isinstance(spec, str):
+        spec = {spec: {}}
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{where}: a step is written as '- <step name>: {{options}}', got {spec!r}")
+    (name, options), = spec.items()
+    if name not in steps:
+        close = difflib.get_close_matches(str(name), steps, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where}: unknown step '{name}'{hint} (valid steps: {', '.join(sorted(steps))})")
+    options = dict(options or {})
+    label = options.pop("label", None)
+    cls = steps[name]
+    config = cls.Config.from_dict(options, where=f"{where}.{name}.")
+    return cls(config, label=str(label) if label is not None else None)
