@@ -37,7 +37,7 @@ from lmforge.curate.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION, SpacyWord
 FILTER_CONFIGS: dict[str, list[dict]] = {
     "gopher_quality": [
         {},
-        {"min_doc_words": 20, "max_avg_word_length": 12, "max_doc_words": 1000},
+        {"min_doc_words": 20, "max_avg_word_length": 12, "max_doc_words": 500},
         # None disables a rule; without a word limit, datatrove divides by zero on texts without words
         {"min_doc_words": None, "min_avg_word_length": 4, "max_avg_word_length": None, "max_symbol_word_ratio": 0.03,
          "max_bullet_lines_ratio": 0.5, "max_ellipsis_lines_ratio": None, "max_non_alpha_words_ratio": 0.7,
@@ -85,7 +85,7 @@ EXPECTED_REASONS = {
 # C4's line rules (datatrove's stat names) that must drop lines under the default configuration.
 EXPECTED_C4_LINE_RULES = ["line-filter-too_long_word", "line-filter-no_terminal_punc", "line-filter-too_few_words",
                           "line-filter-javascript", "line-filter-policy"]  # fmt: skip
-MIN_FIRES = 3
+MIN_FIRES = 3  # ("empty" fires once per configuration: the corpus has one empty text)
 MAX_PEER_ERRORS = 20  # documents where datatrove raises (ZeroDivisionError on texts without words)
 
 WORD_EDGE_CASES = [
@@ -201,18 +201,19 @@ def peer(corpus):
     n_proc = min(2, os.cpu_count() or 1)
     start = time.perf_counter()
     if n_proc > 1 and "fork" in multiprocessing.get_all_start_methods():
-        # equal texts to the same worker (its cache answers the copy), long texts first to the least loaded
+        # equal texts in the same task (the worker's cache answers the copy); long texts first, in
+        # 8 tasks per process that the pool hands out as workers free up
         by_text: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
         for item in items:
             by_text[item[1]].append(item)
-        chunks: list[list[tuple[str, str]]] = [[] for _ in range(n_proc)]
-        loads = [0] * n_proc
+        chunks: list[list[tuple[str, str]]] = [[] for _ in range(8 * n_proc)]
+        loads = [0] * len(chunks)
         for text in sorted(by_text, key=len, reverse=True):
             k = loads.index(min(loads))
             chunks[k].extend(by_text[text])
-            loads[k] += len(text) + 200
+            loads[k] += len(text) + 100 * text.count("\n") + 200
         with multiprocessing.get_context("fork").Pool(n_proc) as pool:
-            parts = pool.map(_peer_chunk, chunks)
+            parts = pool.map(_peer_chunk, chunks, chunksize=1)
     else:
         parts = [_peer_chunk(items)]
     merged: dict = {"words": {}, "sentences": {}, "decisions": collections.defaultdict(dict), "chain": {},
@@ -225,9 +226,9 @@ def peer(corpus):
             merged["decisions"][key].update(decisions)
         for i, stats in part["c4_line_stats"].items():
             merged["c4_line_stats"][i].update(stats)
-    worker_times = ", ".join(f"{p['seconds']:.1f}s wall, {p['cpu_seconds']:.1f}s CPU" for p in parts)
-    print(f"\ndatatrove on {len(items)} documents: {time.perf_counter() - start:.1f}s on {len(parts)} process(es) "
-          f"(worker time {worker_times})")
+    cpu = sum(p["cpu_seconds"] for p in parts)
+    print(f"\ndatatrove on {len(items)} documents: {time.perf_counter() - start:.1f}s on {n_proc} process(es), "
+          f"{cpu:.1f}s CPU")
     return merged
 
 
@@ -241,20 +242,13 @@ def test_punctuation_sets_match_datatrove():
     assert set(TERMINAL_PUNCTUATION) == set(dt_text.TERMINAL_PUNCTUATION)
 
 
-@pytest.mark.parametrize("text", WORD_EDGE_CASES)
-def test_words_edge_cases(text):
-    from datatrove.utils.text import split_into_words
-
-    assert SpacyWords().words(text) == split_into_words(text)
-
-
-def test_words_edge_cases_with_shared_memo():
-    """The memo of one splitter, filled by earlier texts, must not change later answers."""
+def test_words_edge_cases():
+    """Each case on a fresh memo, then all again on the memo the first pass filled."""
     from datatrove.utils.text import split_into_words
 
     splitter = SpacyWords()
-    for text in WORD_EDGE_CASES + WORD_EDGE_CASES[::-1]:
-        assert splitter.words(text) == split_into_words(text), text
+    wrong = [t for t in WORD_EDGE_CASES + WORD_EDGE_CASES[::-1] if splitter.words(t) != split_into_words(t)]
+    assert not wrong, [(t, splitter.words(t), split_into_words(t)) for t in wrong]
 
 
 @pytest.mark.xfail(strict=True, reason="known difference: once spaCy has seen 'IS_ALPHA' (a spaCy symbol name) "
@@ -267,13 +261,15 @@ def test_words_is_alpha_quirk():
     assert SpacyWords().words("a IS_ALPHA b") == split_into_words("a IS_ALPHA b")
 
 
-@pytest.mark.parametrize("line", SENTENCE_EDGE_CASES)
-def test_sentences_edge_cases(line):
+def test_sentences_edge_cases():
     from datatrove.utils.text import split_into_sentences
 
-    assert SpacyWords().count_sentences(line) == len(split_into_sentences(line))
+    splitter = SpacyWords()
+    counts = [(line, splitter.count_sentences(line), len(split_into_sentences(line))) for line in SENTENCE_EDGE_CASES]
+    assert all(ours == theirs for _, ours, theirs in counts), [c for c in counts if c[1] != c[2]]
 
 
+@pytest.mark.slow
 def test_words_match_datatrove_on_corpus(corpus, peer):
     splitter = SpacyWords()
     start = time.perf_counter()
@@ -288,6 +284,7 @@ def test_words_match_datatrove_on_corpus(corpus, peer):
                     f"ours {ours[max(0, at - 3) : at + 3]} vs datatrove {theirs[max(0, at - 3) : at + 3]}")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sentences_match_datatrove_on_corpus(corpus, peer):
     splitter = SpacyWords()
     start = time.perf_counter()
@@ -346,6 +343,7 @@ def _compare(ours: dict, theirs: dict, label: str) -> collections.Counter:
 FILTER_CASES = [(name, i) for name, cfgs in FILTER_CONFIGS.items() for i in range(len(cfgs))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "index"), FILTER_CASES, ids=[f"{n}-{i}" for n, i in FILTER_CASES])
 def test_filter_matches_datatrove(name, index, corpus, peer, splitter):
     config = FILTER_CONFIGS[name][index]
@@ -358,6 +356,7 @@ def test_filter_matches_datatrove(name, index, corpus, peer, splitter):
     assert 0.05 <= removed / len(corpus) <= 0.95, f"{name} {config} removes {removed} of {len(corpus)} documents"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FILTER_CONFIGS))
 def test_corpus_trips_every_rule(name, peer):
     """The comparison only means something if every rule decides some documents."""
@@ -373,6 +372,7 @@ def test_corpus_trips_every_rule(name, peer):
         assert all(stats[rule] >= MIN_FIRES for rule in EXPECTED_C4_LINE_RULES), dict(stats)
 
 
+@pytest.mark.slow
 def test_fineweb_chain_matches_datatrove(corpus, peer, splitter):
     """Each filter sees the text the previous one left; the kept documents and texts must match."""
     from lmforge.curate.steps import CurateDocument

@@ -273,3 +273,60 @@ def test_token_repetition_removes_olmo2_style_periodic_runs(tmp_path, token_data
     assert verdict.values["period"] == len(tok.encode(" buy now!")) <= 13 and verdict.values["repeats"] >= 59
     few = prose + " buy now!" * 20  # 20 repeats: under the 32 threshold
     assert step(CurateDocument("c", few, "s", {}, words)).kept
+
+
+def test_cli_curate_and_mix(tmp_path, capsys):
+    from lmforge.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("web", "books"):
+        rows = [{"id": f"{name}{i}", "text": f"{name} document number {i} " * (5 + i % 7), "source": name} for i in range(60)]
+        (src / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"input": [str(src)], "output": str(tmp_path / "cur"),
+                                                     "steps": [{"length": {"min_words": 10}}]}))  # fmt: skip
+    assert main(["data", "curate", str(tmp_path / "p.yaml"), "--workers=1", "--quiet"]) == 0
+    assert "documents" in capsys.readouterr().out
+    cur = tmp_path / "cur" / "documents"
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({
+        "sources": [{"name": "web", "paths": [str(cur / "shard-00001.jsonl.gz")], "proportion": 0.25},
+                    {"name": "books", "paths": [str(cur / "shard-00000.jsonl.gz")], "proportion": 0.75}],
+        "output": str(tmp_path / "mix")}))  # fmt: skip
+    assert main(["data", "mix", str(tmp_path / "m.yaml"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "mix" / "mix.json").read_text())
+    shares = {s["name"]: s["achieved_proportion"] for s in report["sources"]} if isinstance(report["sources"], list) \
+        else {k: v["achieved_proportion"] for k, v in report["sources"].items()}
+    assert abs(shares["web"] - 0.25) < 0.02 and abs(shares["books"] - 0.75) < 0.02
+    assert main(["data", "curate", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_stats_count_tokens_of_a_tokenizer(tmp_path, token_data):
+    from lmforge.data.tokenizer import Tokenizer
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rows = [{"id": str(i), "text": f"the cat number {i} sat on the mat " * (1 + i % 5), "source": "s"} for i in range(30)]
+    (src / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok_path = token_data / "tokenizer.json"
+    out, stats = run(tmp_path, src, [{"length": {"min_words": 20}}], workers=1, tokenizer=str(tok_path))
+    tok = Tokenizer.load(tok_path)
+    kept = read_gz(out / "documents" / "shard-00000.jsonl.gz")
+    assert stats["input"]["tokens"] == sum(len(tok.encode(r["text"])) for r in rows)
+    assert stats["output"]["tokens"] == sum(len(tok.encode(r["text"])) for r in kept)
+    assert stats["token_unit"].startswith("tokens")
+
+
+def test_large_uncompressed_files_are_split_at_line_boundaries(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [json.dumps({"id": f"d{i}", "text": f"document {i} " + "word " * (i % 50), "source": "s"}) for i in range(400)]
+    lines[250] = "{broken"
+    (src / "big.jsonl").write_text("\n".join(lines) + "\n")
+    whole, _ = run(tmp_path, src, [{"length": {"min_words": 3}}], "whole", workers=1, shard_mb=None)
+    split, stats = run(tmp_path, src, [{"length": {"min_words": 3}}], "split", workers=2, shard_mb=0.01)
+    assert stats["input"]["shards"] >= 5
+    docs = lambda out: [r for p in sorted((out / "documents").glob("*.gz")) for r in read_gz(p)]  # noqa: E731
+    assert docs(split) == docs(whole) and len(docs(whole)) == 400 - 8  # i % 50 == 0: 2 words (line 251 among them)
+    rejects = [json.loads(x) for p in (split / "rejects").glob("*.jsonl") for x in p.read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [251] and rejects[0]["raw"] == "{broken"

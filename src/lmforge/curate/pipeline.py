@@ -18,8 +18,9 @@ Output folder:
                                      ({"id", "attributes": {"<step>__<value>": [[0, len, value]]}})
     removed/shard-NNNNN.sK.jsonl.gz  removed documents with `removed_by`, `reason`, `attributes`
     rejects/shard-NNNNN.jsonl        input lines that could not be read (file, line, error, raw)
-    stats.json, stats.png            documents and words in/out per step and per source
-    pipeline.yaml, shards.json       the resolved config; which input file each shard is
+    stats.json, stats.png            documents and tokens in/out per step and per source (tokens of
+                                     `tokenizer` if set, else whitespace-separated words)
+    pipeline.yaml, pipeline.json     the resolved config; which input (file or byte range) each shard is
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from collections.abc import Callable
 
 from lmforge.config import Config, require
 from lmforge.curate.steps import CurateDocument, DocumentStep, GlobalStep, Step, Verdict, build_step
@@ -48,7 +50,10 @@ class CurateConfig(Config):
     """A curation pipeline: where documents come from, the steps, where results go."""
 
     input: list[str]
-    """Files or folders of dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst). Each file is a shard."""
+    """Files or folders of dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst). Each file is a shard,
+    except that uncompressed files larger than `shard_mb` are cut into several."""
+    shard_mb: float | None = 256.0
+    """Largest piece of an uncompressed input file one task reads (None: whole files)."""
     output: Path
     steps: list[Any]
     """In order; each `- <step name>: {options}` (see `lmforge data curate --list-steps`)."""
@@ -60,6 +65,9 @@ class CurateConfig(Config):
     output folder must be on storage every Ray node can read and write."""
     write_removed: bool = True
     write_attributes: bool = True
+    tokenizer: str | None = None
+    """Count tokens in the statistics with this tokenizer (a known name such as olmo2, or a
+    tokenizer.json / folder). None: count whitespace-separated words (much cheaper)."""
     keep_work: bool = False
     """Keep intermediate shards and signatures after a successful run (for debugging)."""
 
@@ -67,6 +75,8 @@ class CurateConfig(Config):
         require(len(self.input) > 0, "input", "name at least one file or folder")
         require(len(self.steps) > 0, "steps", "name at least one step")
         require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        if self.shard_mb is not None:
+            require(self.shard_mb > 0, "shard_mb", f"must be > 0 (or null for whole files), got {self.shard_mb}")
         labels = [s.label for s in self.build_steps()]
         dup = [lb for lb, n in Counter(labels).items() if n > 1]
         require(not dup, "steps", f"step label {dup[:1]} is used twice; give one a `label: <name>` option")
@@ -157,22 +167,32 @@ class Task:
     config_json: str  # the CurateConfig as JSON: small, picklable, and a cache key in workers
     stage: int
     shard: int
-    input_path: str
+    input: io.InputShard
 
 
 @lru_cache(maxsize=4)
-def _prepared(config_json: str) -> tuple[CurateConfig, list[Stage], SpacyWords]:
+def _prepared(config_json: str) -> tuple[CurateConfig, list[Stage], SpacyWords, Callable[[str], int]]:
     """Steps built and set up once per worker process (setup may load indexes or tokenizers);
     cached per process because a worker runs many tasks of the same pipeline."""
     config = CurateConfig.from_dict(json.loads(config_json))
     steps = config.build_steps()
     for step in steps:
         step.setup()
-    return config, make_stages(steps), SpacyWords()
+    return config, make_stages(steps), SpacyWords(), token_counter(config.tokenizer)
+
+
+def token_counter(tokenizer: str | None) -> Callable[[str], int]:
+    """What the statistics count: tokens of a tokenizer, or whitespace-separated words."""
+    if tokenizer is None:
+        return lambda text: len(text.split())
+    from lmforge.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    return lambda text: len(tok.encode(text))
 
 
 class _Counts:
-    """Documents and words in and out of each step, overall and per source."""
+    """Documents and tokens in and out of each step, overall and per source."""
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
@@ -180,22 +200,22 @@ class _Counts:
     def _entry(self, label: str) -> dict[str, Any]:
         e = self.data.get(label)
         if e is None:
-            e = self.data[label] = {"docs_in": 0, "docs_out": 0, "words_in": 0, "words_out": 0,
+            e = self.data[label] = {"docs_in": 0, "docs_out": 0, "tokens_in": 0, "tokens_out": 0,
                                     "removed": Counter(), "sources": defaultdict(lambda: [0, 0, 0, 0])}  # fmt: skip
         return e
 
-    def add(self, label: str, source: str, *, docs_in: int = 0, docs_out: int = 0, words_in: int = 0,
-            words_out: int = 0, reason: str | None = None) -> None:  # fmt: skip
+    def add(self, label: str, source: str, *, docs_in: int = 0, docs_out: int = 0, tokens_in: int = 0,
+            tokens_out: int = 0, reason: str | None = None) -> None:  # fmt: skip
         e = self._entry(label)
         e["docs_in"] += docs_in
         e["docs_out"] += docs_out
-        e["words_in"] += words_in
-        e["words_out"] += words_out
+        e["tokens_in"] += tokens_in
+        e["tokens_out"] += tokens_out
         s = e["sources"][source]
         s[0] += docs_in
         s[1] += docs_out
-        s[2] += words_in
-        s[3] += words_out
+        s[2] += tokens_in
+        s[3] += tokens_out
         if reason:
             e["removed"][reason] += 1
 
@@ -205,7 +225,7 @@ class _Counts:
 
 def run_task(task: Task) -> dict[str, Any]:
     """Run one stage over one shard, write its files and its marker; returns its statistics."""
-    config, stages, splitter = _prepared(task.config_json)
+    config, stages, splitter, count_tokens = _prepared(task.config_json)
     stage = stages[task.stage]
     layout = Layout(config.output)
     started = time.perf_counter()
@@ -233,7 +253,7 @@ def run_task(task: Task) -> dict[str, Any]:
     try:
         for pos, doc in enumerate(_documents(task, splitter, rejects)):
             read += 1
-            words = len(doc.text.split())
+            tokens = count_tokens(doc.text)
             verdict: Verdict | None = None
             step_label = ""
             if stage.apply is not None:
@@ -244,14 +264,14 @@ def run_task(task: Task) -> dict[str, Any]:
                     verdict = stage.apply.apply(doc, action)
                     _record(doc, step_label, verdict)
                 # The global step's documents in were counted when its signatures were taken.
-                words = _count(counts, step_label, doc, before, words, verdict, count_in=False)
+                tokens = _count(counts, step_label, doc, before, tokens, verdict, count_tokens, count_in=False)
             if verdict is None or verdict.kept:
                 for step in stage.steps:
                     step_label = step.label
                     before = doc.text
                     verdict = step(doc)
                     _record(doc, step_label, verdict)
-                    words = _count(counts, step_label, doc, before, words, verdict)
+                    tokens = _count(counts, step_label, doc, before, tokens, verdict, count_tokens)
                     if not verdict.kept:
                         break
             if verdict is not None and not verdict.kept:
@@ -260,7 +280,7 @@ def run_task(task: Task) -> dict[str, Any]:
                                                "attributes": doc.attributes})  # fmt: skip
                 continue
             if stage.collect is not None:
-                counts.add(stage.collect.label, doc.source, docs_in=1, words_in=words)
+                counts.add(stage.collect.label, doc.source, docs_in=1, tokens_in=tokens)
                 signatures.append(stage.collect.signature(doc))
                 out.write(_row(doc) | {"attributes": doc.attributes})
             else:
@@ -292,8 +312,8 @@ def run_task(task: Task) -> dict[str, Any]:
 
 def _documents(task: Task, splitter: SpacyWords, rejects: io.ShardWriter | None):
     if task.stage == 0:
-        path = Path(task.input_path)
-        for line_no, doc, error, raw in io.read_input(path):
+        path = task.input.path
+        for line_no, doc, error, raw in io.read_input(task.input):
             if doc is None:
                 assert rejects is not None
                 rejects.write({"file": str(path), "line": line_no, "error": error, "raw": raw.rstrip("\n")})
@@ -307,14 +327,14 @@ def _documents(task: Task, splitter: SpacyWords, rejects: io.ShardWriter | None)
             yield d
 
 
-def _count(counts: _Counts, label: str, doc: CurateDocument, text_before: str, words_in: int,
-           verdict: Verdict | None, count_in: bool = True) -> int:  # fmt: skip
-    """Count a document through a step; returns its words after the step (0 if removed)."""
+def _count(counts: _Counts, label: str, doc: CurateDocument, text_before: str, tokens_in: int,
+           verdict: Verdict | None, count_tokens: Callable[[str], int], count_in: bool = True) -> int:  # fmt: skip
+    """Count a document through a step; returns its tokens after the step (0 if removed)."""
     kept = verdict is None or verdict.kept
-    words_out = 0 if not kept else words_in if doc.text is text_before else len(doc.text.split())
-    counts.add(label, doc.source, docs_in=int(count_in), docs_out=int(kept), words_in=words_in if count_in else 0,
-               words_out=words_out, reason=None if kept else verdict.reason)  # type: ignore[union-attr]  # fmt: skip
-    return words_out
+    tokens_out = 0 if not kept else tokens_in if doc.text is text_before else count_tokens(doc.text)
+    counts.add(label, doc.source, docs_in=int(count_in), docs_out=int(kept), tokens_in=tokens_in if count_in else 0,
+               tokens_out=tokens_out, reason=None if kept else verdict.reason)  # type: ignore[union-attr]  # fmt: skip
+    return tokens_out
 
 
 def _record(doc: CurateDocument, label: str, verdict: Verdict) -> None:
@@ -345,9 +365,10 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
 
     steps = config.build_steps()
     stages = make_stages(steps)
-    files = expand_paths(config.input)
-    if not files:
+    found = expand_paths(config.input)
+    if not found:
         raise LmforgeError(f"input: no document files found in {', '.join(config.input)}")
+    files = io.split_inputs(found, config.shard_mb)
     layout = Layout(config.output)
     _claim_output(config, files, layout)
     stats_path = config.output / "stats.json"
@@ -360,7 +381,7 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     with make_executor(config) as executor:
         for stage in stages:
-            todo = [Task(config_json, stage.index, i, str(f)) for i, f in enumerate(files)
+            todo = [Task(config_json, stage.index, i, f) for i, f in enumerate(files)
                     if not layout.marker(stage.index, i).exists()]  # fmt: skip
             desc = f"stage {stage.index + 1}/{len(stages)} ({stage.describe()})"
             executor.run(run_task, todo, total=len(files), done=len(files) - len(todo), desc=desc, progress=progress)
@@ -370,7 +391,8 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     markers = [json.loads(layout.marker(st.index, i).read_text()) for st in stages for i in range(len(files))]
     resolves = {st.collect.label: json.loads(layout.resolve_marker(st.index).read_text())
                 for st in stages if st.collect is not None}  # fmt: skip
-    stats = merge_stats(steps, markers, resolves, n_stages=len(stages), seconds=seconds)
+    unit = f"tokens ({config.tokenizer})" if config.tokenizer else "whitespace-separated words"
+    stats = merge_stats(steps, markers, resolves, n_stages=len(stages), seconds=seconds, unit=unit)
     write_report(stats, config.output, progress=progress)
     if not config.keep_work:
         shutil.rmtree(config.output / "work", ignore_errors=True)
@@ -378,7 +400,7 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     return stats
 
 
-def _claim_output(config: CurateConfig, files: list[Path], layout: Layout) -> None:
+def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layout) -> None:
     """Record the pipeline and shard list in the output folder; refuse to resume into a folder
     made by a different pipeline or input (its finished shards would be mixed with new ones)."""
     config.output.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Statistics of a curation run: merged from the tasks' markers into stats.json, printed as a
-table, and drawn as stats.png (documents and words left after each step, per source)."""
+table, and drawn as stats.png (documents and tokens left after each step, per source)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from lmforge.curate.steps import Step
 
 
 def merge_stats(steps: list[Step], markers: list[dict], resolves: dict[str, dict], *, n_stages: int,
-                seconds: float) -> dict[str, Any]:  # fmt: skip
+                seconds: float, unit: str) -> dict[str, Any]:  # fmt: skip
     per_step: dict[str, dict[str, Any]] = {}
     for m in markers:
         for label, e in m["steps"].items():
-            t = per_step.setdefault(label, {"docs_in": 0, "docs_out": 0, "words_in": 0, "words_out": 0,
+            t = per_step.setdefault(label, {"docs_in": 0, "docs_out": 0, "tokens_in": 0, "tokens_out": 0,
                                             "removed": Counter(), "sources": {}})  # fmt: skip
-            for k in ("docs_in", "docs_out", "words_in", "words_out"):
+            for k in ("docs_in", "docs_out", "tokens_in", "tokens_out"):
                 t[k] += e[k]
             t["removed"].update(e["removed"])
             for src, vals in e["sources"].items():
@@ -29,21 +29,21 @@ def merge_stats(steps: list[Step], markers: list[dict], resolves: dict[str, dict
     read = sum(m["read"] for m in first)
     step_rows = []
     for step in steps:
-        t = per_step.get(step.label, {"docs_in": 0, "docs_out": 0, "words_in": 0, "words_out": 0,
+        t = per_step.get(step.label, {"docs_in": 0, "docs_out": 0, "tokens_in": 0, "tokens_out": 0,
                                       "removed": Counter(), "sources": {}})  # fmt: skip
         step_rows.append({
-            "label": step.label, "step": step.name, **{k: t[k] for k in ("docs_in", "docs_out", "words_in", "words_out")},
+            "label": step.label, "step": step.name, **{k: t[k] for k in ("docs_in", "docs_out", "tokens_in", "tokens_out")},
             "removed": dict(sorted(t["removed"].items(), key=lambda kv: -kv[1])),
-            "sources": {s: dict(zip(("docs_in", "docs_out", "words_in", "words_out"), v)) for s, v in sorted(t["sources"].items())},
+            "sources": {s: dict(zip(("docs_in", "docs_out", "tokens_in", "tokens_out"), v)) for s, v in sorted(t["sources"].items())},
             **({"resolve": resolves[step.label]} if step.label in resolves else {}),
         })  # fmt: skip
     written = sum(m["written"] for m in last)
-    words_in = step_rows[0]["words_in"] if step_rows else 0
+    tokens_in = step_rows[0]["tokens_in"] if step_rows else 0
     return {
-        "unit_words": "whitespace-separated words",
+        "token_unit": unit,
         "input": {"shards": len(first), "documents": read, "rejected_lines": sum(m["rejected"] for m in first),
-                  "words": words_in},  # fmt: skip
-        "output": {"documents": written, "words": step_rows[-1]["words_out"] if step_rows else 0},
+                  "tokens": tokens_in},  # fmt: skip
+        "output": {"documents": written, "tokens": step_rows[-1]["tokens_out"] if step_rows else 0},
         "steps": step_rows,
         "seconds": seconds,
         "task_seconds": sum(m["seconds"] for m in markers),
@@ -52,17 +52,17 @@ def merge_stats(steps: list[Step], markers: list[dict], resolves: dict[str, dict
 
 
 def format_table(stats: dict[str, Any]) -> str:
-    rows = [("step", "docs in", "docs out", "kept %", "words out", "top removal reasons")]
+    rows = [("step", "docs in", "docs out", "kept %", "tokens out", "top removal reasons")]
     for s in stats["steps"]:
         kept = 100 * s["docs_out"] / s["docs_in"] if s["docs_in"] else 100.0
         reasons = ", ".join(f"{r} {n:,}" for r, n in list(s["removed"].items())[:3])
-        rows.append((s["label"], f"{s['docs_in']:,}", f"{s['docs_out']:,}", f"{kept:.1f}", f"{s['words_out']:,}", reasons))
+        rows.append((s["label"], f"{s['docs_in']:,}", f"{s['docs_out']:,}", f"{kept:.1f}", f"{s['tokens_out']:,}", reasons))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + "  " + r[-1]
              for r in rows]  # fmt: skip
     i, o = stats["input"], stats["output"]
     lines.append(f"input {i['documents']:,} documents ({i['rejected_lines']:,} unreadable lines) → output "
-                 f"{o['documents']:,} documents, {o['words']:,} words")  # fmt: skip
+                 f"{o['documents']:,} documents, {o['tokens']:,} tokens ({stats['token_unit']})")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -82,7 +82,7 @@ def plot_stats(stats: dict[str, Any], path: Path) -> None:
     labels = ["input"] + [s["label"] for s in steps]
     sources = sorted({src for s in steps for src in s["sources"]})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, key, title in ((axes[0], "docs", "documents"), (axes[1], "words", "words")):
+    for ax, key, title in ((axes[0], "docs", "documents"), (axes[1], "tokens", stats["token_unit"])):
         bottom = [0.0] * len(labels)
         for src in sources:
             first = steps[0]["sources"].get(src, {}) if steps else {}

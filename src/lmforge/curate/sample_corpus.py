@@ -24,12 +24,22 @@ pydoc part comes from the running Python's `pydoc_data`, so another Python versi
 
 Web documents carry `metadata.url`; a few URLs repeat, and some domains are obvious
 blocklist candidates (see `SPAM_DOMAINS`).
+
+Pieces of real text never overlap and no two originals have the same text, so the planted
+pairs are the only duplicates (checked for seeds 0-2: no two originals share more than ~1/3
+of their word 5-grams, planted near-duplicates share 0.38-0.96). That holds up to about 6,000
+documents; beyond that the pydoc material runs out and is reused.
+
+Sizes: with the defaults the median document has ~85 words (10 % under 35, 1 % over 300,
+a few of 700 to 3,500), about 245k words in all. They are kept small because datatrove, the
+peer the parity tests compare against, tokenizes with spaCy at only ~20-30k words/s.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -160,27 +170,41 @@ def _load_pydoc() -> list[str]:
     return [topics[k] for k in sorted(topics)]
 
 
-def _target_words(rng: random.Random, long_ok: bool = True) -> int:
-    """How long a piece of real text should be: mostly one or two hundred words, some short, a few
-    long. (datatrove's spaCy, the peer in the parity tests, reads only ~30k words/s.)"""
+def _target_words(rng: random.Random, long: int = 0) -> int:
+    """How long a piece of real text should be: mostly under two hundred words, some short;
+    `long` asks for one of the few long pieces (1: about a thousand words, 2: about three
+    thousand) or (3) a piece long enough to be copied as a duplicate. datatrove's spaCy, the
+    peer in the parity tests, reads only ~30k words/s."""
+    if long == 1:
+        return rng.randint(700, 1100)
+    if long == 2:
+        return rng.randint(2500, 3500)
+    if long == 3:
+        return rng.randint(100, 200)
     r = rng.random()
     if r < 0.28:
         return rng.randint(8, 45)
     if r < 0.93:
         return rng.randint(35, 100)
-    if r < 0.994 or not long_ok:
-        return rng.randint(100, 260)
-    return rng.randint(1100, 1500)
+    return rng.randint(100, 260)
 
 
 class _Cutter:
     """Hands out consecutive, non-overlapping pieces of a list of texts (split into units: lines
     or paragraphs), so no two pieces share text. Texts are visited in a seeded order."""
 
-    def __init__(self, texts: list[str], rng: random.Random, sep: str):
+    def __init__(self, texts: list[str], rng: random.Random, sep: str, unique: bool = False):
         order = list(range(len(texts)))
         rng.shuffle(order)
         self.units = [u.strip("\n") if sep != "\n" else u for i in order for u in texts[i].split(sep)]
+        if unique:  # pydoc's topics share whole sections: keep each paragraph once
+            seen: set[str] = set()
+            units = []
+            for unit in self.units:
+                if unit.strip() not in seen:
+                    seen.add(unit.strip())
+                    units.append(unit)
+            self.units = units
         self.pos = 0
 
     def take(self, n_words: int) -> list[str]:
@@ -199,8 +223,8 @@ class _Cutter:
         return out
 
 
-def _bible(rng: random.Random, verses: _Cutter) -> str:
-    units = verses.take(_target_words(rng))
+def _bible(rng: random.Random, verses: _Cutter, long: int = 0) -> str:
+    units = verses.take(_target_words(rng, long))
     style = rng.random()
     if style < 0.4:
         return "\n".join(units)
@@ -217,12 +241,12 @@ def _bible(rng: random.Random, verses: _Cutter) -> str:
     return text
 
 
-def _lines_piece(rng: random.Random, lines: _Cutter) -> str:
-    return "\n".join(lines.take(_target_words(rng)))
+def _lines_piece(rng: random.Random, lines: _Cutter, long: int = 0) -> str:
+    return "\n".join(lines.take(_target_words(rng, long)))
 
 
-def _pydoc(rng: random.Random, paragraphs: _Cutter) -> str:
-    return "\n\n".join(paragraphs.take(_target_words(rng, long_ok=False)))
+def _pydoc(rng: random.Random, paragraphs: _Cutter, long: int = 0) -> str:
+    return "\n\n".join(paragraphs.take(_target_words(rng, long)))
 
 
 # -- generated web text ---------------------------------------------------------------------------
@@ -235,6 +259,7 @@ class _Web:
     def __init__(self, rng: random.Random, prose: _Cutter):
         self.rng = rng
         self.prose = prose
+        self.n_empty = 0
 
     # small pieces
     def sentence(self) -> str:
@@ -272,10 +297,11 @@ class _Web:
 
     def byline(self) -> str:
         rng = self.rng
-        return rng.choice([f"Posted by {rng.choice(NAMES)} on {rng.choice(MONTHS)} {rng.randint(1, 28)}, "
-                           f"{rng.randint(2008, 2024)}",
-                           f"Last updated: {rng.randint(2008, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-                           f"By {rng.choice(NAMES)} {rng.choice(NAMES)}son | {rng.randint(2, 12)} min read"])  # fmt: skip
+        day, year = rng.randint(1, 28), rng.randint(2008, 2024)
+        forms = [f"Posted by {rng.choice(NAMES)} on {rng.choice(MONTHS)} {day}, {year}",
+                 f"Last updated: {rng.randint(2008, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                 f"By {rng.choice(NAMES)} {rng.choice(NAMES)}son | {rng.randint(2, 12)} min read"]  # fmt: skip
+        return rng.choice(forms)
 
     def keyword(self, k: int) -> str:
         rng = self.rng
@@ -449,7 +475,8 @@ class _Web:
         posts = []
         for _ in range(rng.randint(1, 6)):
             text = self.sentence() if rng.random() < 0.7 else self.paragraph(1, 3)
-            tags = " ".join("#" + rng.choice(HASHTAGS) for _ in range(rng.choices([0, 2, 5, 12, 25], [2, 3, 3, 3, 2])[0]))
+            n_tags = rng.choices([0, 2, 5, 12, 25], [2, 3, 3, 3, 2])[0]
+            tags = " ".join("#" + rng.choice(HASHTAGS) for _ in range(n_tags))
             if rng.random() < 0.3:
                 tags += " " + rng.choice(EMOJI)
             posts.append(f"{text} {tags}".strip())
@@ -595,7 +622,10 @@ class _Web:
         return rng.choice(forms)()
 
     def empty(self) -> str:
-        return self.rng.choice(["", " ", "\n", "\n\n\n", "\t", " \r\n ", "\u3000", "   \n  \t  "])
+        self.n_empty += 1
+        if self.n_empty == 1:
+            return ""  # the one truly empty text (texts are unique)
+        return "".join(self.rng.choice(["", " ", "\n", "\t", "\r\n", "\u3000"]) for _ in range(self.rng.randint(1, 6)))
 
     def crlf(self) -> str:
         text = self.article() if self.rng.random() < 0.6 else self.bullet_list()
@@ -615,7 +645,14 @@ class _Web:
         rng = self.rng
         out = [rng.choice(["Privacy Policy", "Cookie Policy", "Terms of Use", "Legal notice"])]
         for _ in range(rng.randint(3, 12)):
-            out.append(rng.choice(POLICY_LINES) if rng.random() < 0.6 else self.sentence())
+            r = rng.random()
+            if r < 0.25:
+                out.append(rng.choice(POLICY_LINES))
+            elif r < 0.6:
+                phrase = rng.choice(["privacy policy", "Terms of Use", "cookie policy", "use of cookies"])
+                out.append(f"{self.sentence().rstrip('.?!')}, as described in our {phrase}.")
+            else:
+                out.append(self.sentence())
         return "\n".join(out)
 
     def spaced(self) -> str:
@@ -668,8 +705,7 @@ _WORD = re.compile(r"\S+")
 def _near_duplicate(text: str, rng: random.Random, vocab: list[str]) -> tuple[str, float]:
     """`text` with 1–10 % of its words substituted, deleted or inserted; whitespace kept."""
     spans = [m.span() for m in _WORD.finditer(text)]
-    fraction = rng.uniform(0.01, 0.10)
-    n_edits = max(1, round(fraction * len(spans)))
+    n_edits = rng.randint(max(1, math.ceil(0.01 * len(spans))), max(1, len(spans) // 10))
     edits = {i: rng.choice("sdi") for i in rng.sample(range(len(spans)), n_edits)}
     out, prev = [], 0
     for i, (a, b) in enumerate(spans):
@@ -677,7 +713,7 @@ def _near_duplicate(text: str, rng: random.Random, vocab: list[str]) -> tuple[st
         op = edits.get(i)
         word = text[a:b]
         if op == "s":
-            out.append(rng.choice(vocab))
+            out.append(rng.choice([w for w in rng.sample(vocab, 3) if w != word] or ["edited"]))
         elif op == "i":
             out.append(f"{rng.choice(vocab)} {word}")
         elif op != "d":
@@ -707,8 +743,9 @@ def build_sample_corpus(
     *,
     demo_path: str | Path | None = None,
 ) -> SampleCorpus:
-    """`n_docs` documents in all, `near_duplicates` and `exact_duplicates` of them planted copies
-    (plus about one in ten of `exact_duplicates` more that differ only in case or whitespace)."""
+    """`n_docs` documents in all. Of these, `near_duplicates` are near-duplicate copies,
+    `exact_duplicates` exact copies and `exact_duplicates // 10` copies that differ from their
+    base only in case or whitespace; the rest are originals, all with distinct texts."""
     n_normalized = exact_duplicates // 10
     n_base = n_docs - near_duplicates - exact_duplicates - n_normalized
     if near_duplicates < 0 or exact_duplicates < 0 or n_base < 1:
@@ -725,13 +762,13 @@ def build_sample_corpus(
     web = _Web(rng, _Cutter(chapters[cut:], rng, "\n"))
     shakespeare = _Cutter(demo["shakespeare"], rng, "\n")
     milton = _Cutter(demo["milton"], rng, "\n")
-    pydoc = _Cutter(_load_pydoc(), rng, "\n\n")
+    pydoc = _Cutter(_load_pydoc(), rng, "\n\n", unique=True)
 
     makers = {
-        "bible": lambda: _bible(rng, verses),
-        "shakespeare": lambda: _lines_piece(rng, shakespeare),
-        "milton": lambda: _lines_piece(rng, milton),
-        "pydoc": lambda: _pydoc(rng, pydoc),
+        "bible": lambda: _bible(rng, verses, long),
+        "shakespeare": lambda: _lines_piece(rng, shakespeare, long),
+        "milton": lambda: _lines_piece(rng, milton, long),
+        "pydoc": lambda: _pydoc(rng, pydoc, long),
         "web-article": web.article, "web-wiki": web.wiki, "web-spam": web.spam, "web-list": web.bullet_list,
         "web-nav": web.navigation, "web-lorem": web.lorem, "web-repeat": web.repeated, "web-hashtag": web.hashtags,
         "web-ellipsis": web.ellipsis, "web-table": web.table, "web-longword": web.long_words, "web-chat": web.chat,
@@ -741,9 +778,23 @@ def build_sample_corpus(
     }  # fmt: skip
     urls: list[str] = []
     rows: list[dict] = []
+    texts: set[str] = set()  # no accidental exact duplicates: the planted ones are the only ones
+    n_long = 0
+    long = 0
     for source, count in _allocate(n_base, KINDS):
-        for _ in range(count):
-            row: dict = {"text": makers[source](), "source": source}
+        for i in range(count):
+            # one in 80 KJV/Shakespeare/Milton pieces is long, every third of those very long
+            long = 0
+            if source in ("bible", "shakespeare", "milton") and i % 80 == 40:
+                n_long += 1
+                long = 2 if n_long % 3 == 1 else 1
+            text = makers[source]()
+            for _ in range(50):
+                if text not in texts:
+                    break
+                text = makers[source]()
+            texts.add(text)
+            row: dict = {"text": text, "source": source}
             if source.startswith("web-"):
                 row["metadata"] = {"url": _url(rng, source, urls)}
                 urls.append(row["metadata"]["url"])
@@ -752,8 +803,20 @@ def build_sample_corpus(
     # planted copies: bases are distinct documents of 100 to 250 words
     eligible = [i for i, r in enumerate(rows) if 100 <= len(r["text"].split()) <= 250]
     n_copies = near_duplicates + exact_duplicates + n_normalized
+    if len(eligible) < n_copies:  # many copies asked for: lengthen short real-text originals
+        long = 3
+        for i, row in enumerate(rows):
+            if len(eligible) >= n_copies:
+                break
+            if row["source"] in ("bible", "shakespeare", "milton", "pydoc") and len(row["text"].split()) < 100:
+                text = makers[row["source"]]()
+                if text not in texts and len(text.split()) >= 100:
+                    texts.add(text)
+                    row["text"] = text
+                    eligible.append(i)
+        eligible.sort()
     if len(eligible) < n_copies:
-        raise ValueError(f"only {len(eligible)} documents of 100-250 words to copy, {n_copies} copies asked for")
+        raise ValueError(f"only {len(eligible)} documents of 100+ words to copy, {n_copies} copies asked for")
     bases = rng.sample(eligible, n_copies)
     vocab = sorted({w for i in rng.sample(range(len(rows)), min(200, len(rows))) for w in rows[i]["text"].split()})
     planted: list[tuple[str, int, dict]] = []  # (kind, base row index, copy row)
@@ -764,13 +827,16 @@ def build_sample_corpus(
             copy["metadata"] = {"url": _url(rng, copy["source"], urls)}
         if k < near_duplicates:
             kind = "near"
-            copy["text"], fraction = _near_duplicate(copy["text"], rng, vocab)
+            while copy["text"] == rows[base]["text"]:  # (edits that cancel out: a redo, almost never)
+                copy["text"], fraction = _near_duplicate(rows[base]["text"], rng, vocab)
             edit_fraction[len(rows) + k] = fraction
         elif k < near_duplicates + exact_duplicates:
             kind = "exact"
         else:
             kind = "normalized"
             copy["text"] = _normalized_variant(copy["text"], rng)
+            if copy["text"] == rows[base]["text"]:  # e.g. lower-casing a lower-case text
+                copy["text"] = f"  {copy['text']}\n"
         planted.append((kind, base, copy))
     rows.extend(copy for _, _, copy in planted)
 

@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -58,20 +59,74 @@ class ShardWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def read_input(path: Path) -> Iterator[tuple[int, Document | None, str | None, str]]:
+@dataclass(frozen=True)
+class InputShard:
+    """A whole input file, or lines [first_line, ...) in bytes [start, end) of an uncompressed one."""
+
+    path: str
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+
+    def __str__(self) -> str:
+        return self.path if self.end is None else f"{self.path}@{self.start}-{self.end}"
+
+
+def split_inputs(files: list[Path], shard_mb: float | None) -> list[InputShard]:
+    """One shard per file, except that uncompressed JSONL files larger than `shard_mb` are cut
+    at line boundaries into pieces of about that size (compressed files cannot be entered in
+    the middle, so they stay whole: store big inputs as several files)."""
+    shards: list[InputShard] = []
+    limit = int(shard_mb * 1_000_000) if shard_mb else None
+    for f in files:
+        size = f.stat().st_size
+        if limit is None or size <= limit or not f.name.endswith((".jsonl", ".json")):
+            shards.append(InputShard(str(f)))
+            continue
+        with open(f, "rb") as fh:
+            start, line = 0, 1
+            while start < size:
+                fh.seek(min(start + limit, size))
+                fh.readline()  # finish the line the cut fell in
+                end = min(fh.tell(), size) if start + limit < size else size
+                shards.append(InputShard(str(f), start, end, line))
+                fh.seek(start)
+                line += fh.read(end - start).count(b"\n")
+                start = end
+    return shards
+
+
+def read_input(shard: InputShard) -> Iterator[tuple[int, Document | None, str | None, str]]:
     """(line number, document or None, error or None, raw line) for each non-blank line of a
-    dolma JSONL file. A bad line does not stop the file: the caller records it as a reject."""
+    dolma JSONL shard. A bad line does not stop the file: the caller records it as a reject."""
+    path = Path(shard.path)
     try:
-        with open_text(path) as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_no, parse_document(line, path, line_no), None, line
-                except LmforgeError as e:
-                    yield line_no, None, str(e), line
+        for line_no, line in _lines(shard):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, parse_document(line, path, line_no), None, line
+            except LmforgeError as e:
+                yield line_no, None, str(e), line
     except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as e:
         raise LmforgeError(f"{path}: cannot be read as UTF-8 JSONL ({e})") from None
+
+
+def _lines(shard: InputShard) -> Iterator[tuple[int, str]]:
+    if shard.end is None:
+        with open_text(shard.path) as f:
+            yield from enumerate(f, start=1)
+        return
+    with open(shard.path, "rb") as f:
+        f.seek(shard.start)
+        pos, line_no = shard.start, shard.first_line
+        while pos < shard.end:
+            raw = f.readline()
+            if not raw:
+                break
+            pos += len(raw)
+            yield line_no, raw.decode("utf-8")
+            line_no += 1
 
 
 def read_rows(path: Path) -> Iterator[dict[str, Any]]:
