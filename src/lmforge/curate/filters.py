@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from itertools import accumulate, compress
+from operator import itemgetter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -175,7 +176,7 @@ def top_ngram_chars(words: WordOffsets, n: int) -> int:
     grams = words.spaced_ngrams(n)
     if not grams:
         return 0
-    gram, count = max(Counter(grams).items(), key=lambda kv: kv[1])
+    gram, count = max(Counter(grams).items(), key=itemgetter(1))  # first of the most frequent
     return len(gram) * count
 
 

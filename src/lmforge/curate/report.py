@@ -73,28 +73,38 @@ def write_report(stats: dict[str, Any], folder: Path, *, progress: bool = True) 
 
 
 def plot_stats(stats: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure + the Agg canvas directly: importing pyplot costs more than drawing this chart.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     steps = stats["steps"]
     labels = ["input"] + [s["label"] for s in steps]
-    sources = sorted({src for s in steps for src in s["sources"]})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+
+    def left(src: str, key: str) -> list[int]:
+        first = steps[0]["sources"].get(src, {}) if steps else {}
+        # A source no document of which reached a step has nothing left after it.
+        return [first.get(f"{key}_in", 0)] + [s["sources"].get(src, {}).get(f"{key}_out", 0) for s in steps]
+
+    # The 11 largest sources by input tokens; the rest drawn together as "other".
+    sources = sorted({src for s in steps for src in s["sources"]}, key=lambda src: -left(src, "tokens")[0])
+    shown, rest = sources[:11], sources[11:]
+    fig = Figure(figsize=(13, 4.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    colors = [f"C{i}" for i in range(10)] + ["#444444", "#bbbbbb"]
     for ax, key, title in ((axes[0], "docs", "documents"), (axes[1], "tokens", stats["token_unit"])):
-        bottom = [0.0] * len(labels)
-        for src in sources:
-            first = steps[0]["sources"].get(src, {}) if steps else {}
-            vals = [first.get(f"{key}_in", 0)] + [s["sources"].get(src, {}).get(f"{key}_out", 0) for s in steps]
-            # A source that a step never saw (all removed before) has 0 left.
-            ax.bar(labels, vals, bottom=bottom, label=src)
+        bottom = [0] * len(labels)
+        groups = [(src, left(src, key)) for src in shown]
+        if rest:
+            groups.append((f"other ({len(rest)})", [sum(v) for v in zip(*(left(src, key) for src in rest))]))
+        for (name, vals), color in zip(groups, colors):
+            ax.bar(labels, vals, bottom=bottom, label=name, color=color)
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_title(f"{title} left after each step")
         ax.tick_params(axis="x", rotation=30)
         for t in ax.get_xticklabels():
             t.set_ha("right")
-    axes[1].legend(fontsize="small", loc="upper right")
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles[::-1], names[::-1], loc="center right", fontsize="small", title="source")
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import string
+import sys
 from functools import cached_property
 from itertools import chain
 
@@ -64,6 +65,22 @@ _RUNS = re.compile(r"\S+|\s+")
 _MEMO_LIMIT = 2_000_000  # chunks; cleared when full (~200 MB at worst)
 
 
+def _import_spacy_without_torch():
+    """Import spaCy. Its model library (thinc) imports torch when it is installed, which takes
+    seconds and is never used by the tokenizer; unless torch is already loaded, hide it while
+    spaCy loads (later `import torch` works as usual)."""
+    if "spacy" in sys.modules or "torch" in sys.modules:
+        import spacy
+
+        return spacy
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    try:
+        import spacy
+    finally:
+        del sys.modules["torch"]
+    return spacy
+
+
 class SpacyWords:
     """spaCy English tokenization, memoised per whitespace-free chunk (see module doc)."""
 
@@ -74,25 +91,37 @@ class SpacyWords:
 
     @cached_property
     def _nlp(self):
-        import spacy
+        spacy = _import_spacy_without_torch()
         from spacy.pipeline import Sentencizer
 
         nlp = spacy.blank(self.language)
         self._sentence_punct = frozenset(Sentencizer.default_punct_chars)
         self._sentence_punct_re = re.compile("|".join(map(re.escape, sorted(self._sentence_punct, key=len, reverse=True))))
+        # Chunks of letters only are one token unless they are a tokenizer exception ("cannot",
+        # "gonna"): every prefix, suffix and infix rule needs a non-letter to match.
+        self._exceptions = frozenset(nlp.tokenizer.rules)
         return nlp
 
     def _learn(self, chunks: list[str]) -> None:
         """Tokenize unseen chunks with spaCy in one call and remember their tokens."""
+        nlp = self._nlp
         if len(self._chunks) + len(chunks) > _MEMO_LIMIT:
             self._chunks.clear()
-        doc = self._nlp.tokenizer(" ".join(chunks))
+        hard = []
+        for chunk in chunks:
+            if chunk.isalpha() and chunk not in self._exceptions:
+                self._chunks[chunk] = (chunk,)
+            else:
+                hard.append(chunk)
+        if not hard:
+            return
+        doc = nlp.tokenizer(" ".join(hard))
         i = 0
         pieces: list[str] = []
         for token in doc:
             pieces.append(token.text)
             if token.whitespace_ or token.i == len(doc) - 1:
-                self._chunks[chunks[i]] = tuple(pieces)
+                self._chunks[hard[i]] = tuple(pieces)
                 pieces = []
                 i += 1
 
