@@ -42,8 +42,7 @@ def run_lmforge(corpus: Path, out: Path, workers: int) -> None:
     from lmforge.curate.pipeline import CurateConfig, curate
 
     steps = [*FILTER_STEPS, {"minhash_dedup": {"ngram": 5, "bands": 14, "rows": 8, "seed": 1}}]
-    config = CurateConfig.from_dict({"input": [str(corpus)], "output": str(out), "steps": steps, "workers": workers,
-                                     "keep_work": True})  # fmt: skip
+    config = CurateConfig.from_dict({"input": [str(corpus)], "output": str(out), "steps": steps, "workers": workers})
     curate(config, progress=False)
 
 
@@ -106,11 +105,10 @@ def _ids(folder: Path) -> list[list[str]]:
     return [[json.loads(line)["id"] for line in gzip.open(p, "rt")] for p in sorted(folder.glob("*.jsonl.gz"))]
 
 
-def lmforge_decisions(out: Path) -> tuple[set[str], list[frozenset[str]]]:
+def lmforge_decisions(out: Path, corpus: Path) -> tuple[set[str], list[frozenset[str]]]:
     removed = [json.loads(line) for p in (out / "removed").glob("*.gz") for line in gzip.open(p, "rt")]
     filtered_out = {r["id"] for r in removed if r["removed_by"] != "minhash_dedup"}
-    everything = [json.loads(line)["id"] for p in sorted((out / "work" / "stage-0").glob("*.jsonl"))
-                  for line in open(p)]  # fmt: skip
+    everything = {i for ids in _ids(corpus) for i in ids}
     clusters: dict[str, set[str]] = defaultdict(set)
     for r in removed:
         if r["removed_by"] == "minhash_dedup":
@@ -176,7 +174,7 @@ def main() -> None:
         return timed
 
     def check() -> None:
-        ours = lmforge_decisions(Path((tmp / "last-lmforge").read_text()))
+        ours = lmforge_decisions(Path((tmp / "last-lmforge").read_text()), tmp / "corpus")
         theirs = datatrove_decisions(Path((tmp / "last-datatrove").read_text()))
         checks.append({"filters_kept_equal": ours[0] == theirs[0], "kept_after_filters": len(ours[0]),
                        "minhash_clusters_equal": ours[1] == theirs[1], "clusters": len(ours[1]),

@@ -266,3 +266,16 @@ def test_table_is_printed(corpora, tmp_path, capsys):
     mix(MixConfig(sources=sources(corpora), output=tmp_path / "out", total_tokens=5_000), progress=False)
     out = capsys.readouterr().out
     assert "achieved %" in out and "big" in out and "small" in out and "repeats" in out
+
+
+def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "text": "w " * 10}) + "\n" for i in range(5)))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    config = MixConfig.from_dict({"sources": [{"name": "a", "paths": [str(src)], "proportion": 1.0}],
+                                  "output": str(precious)})  # fmt: skip
+    with pytest.raises(ConfigError, match="no mix wrote"):
+        mix(config, progress=False)
+    assert (precious / "thesis.tex").read_text() == "years of work"

@@ -330,3 +330,39 @@ def test_large_uncompressed_files_are_split_at_line_boundaries(tmp_path):
     assert docs(split) == docs(whole) and len(docs(whole)) == 400 - 8  # i % 50 == 0: 2 words (line 251 among them)
     rejects = [json.loads(x) for p in (split / "rejects").glob("*.jsonl") for x in p.read_text().splitlines()]
     assert [r["line"] for r in rejects] == [251] and rejects[0]["raw"] == "{broken"
+
+
+def test_hostile_input_is_rejected_not_fatal(tmp_path):
+    """Lone surrogates, non-object metadata, unparseable URLs, a .txt file in the folder."""
+    src = tmp_path / "in"
+    src.mkdir()
+    text = "Plain words for a document that is long enough to keep around here."
+    lines = [
+        json.dumps({"id": "ok", "text": text, "metadata": {"url": "http://example.com:abc/x"}}),
+        '{"id": "sur", "text": "hello \\ud800 world"}',
+        json.dumps({"id": "meta", "text": text, "metadata": "not an object"}),
+        json.dumps({"id": "v6", "text": text + " again", "metadata": {"url": "http://[::1/x"}}),
+    ]
+    (src / "a.jsonl").write_text("\r\n".join(lines) + "\n")
+    (src / "notes.txt").write_text(text + " From a text file.")
+    out, stats = run(tmp_path, src, ["url_dedup", {"url_blocklist": {"domains": ["blocked.org"]}}], workers=1)
+    kept = [d["id"] for p in sorted((out / "documents").glob("*.gz")) for d in read_gz(p)]
+    assert kept == ["ok", "v6", "notes.txt"]
+    rejects = [json.loads(x) for p in (out / "rejects").glob("*.jsonl") for x in p.read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [2, 3]
+    assert "surrogate" in rejects[0]["error"] and "'metadata' must be a JSON object" in rejects[1]["error"]
+
+
+def test_output_inside_input_or_a_file_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="inside input folder"):
+        run(tmp_path, tmp_path / "in", ["exact_dedup"], "in/out", workers=1)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not a folder"):
+        run(tmp_path, tmp_path / "in", ["exact_dedup"], "file", workers=1)
+    with pytest.raises(ConfigError, match=r"steps\[0\]\.length: options must be a mapping"):
+        CurateConfig.from_dict({"input": [str(tmp_path / "in")], "output": str(tmp_path / "o"), "steps": [{"length": 5}]})
+    with pytest.raises(ConfigError, match=r"domain_files\[0\]: .*no such file"):
+        CurateConfig.from_dict({"input": [str(tmp_path / "in")], "output": str(tmp_path / "o"),
+                                "steps": [{"url_blocklist": {"domain_files": ["missing.txt"]}}]})  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -42,7 +43,7 @@ class ExactDedup(GlobalStep):
             text = _WHITESPACE.sub(" ", text).strip()
         return doc.id, hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
-    def resolve(self, shards: list[list[Any]]) -> list[dict[int, Any]]:
+    def resolve(self, shards: Iterable[list[Any]]) -> list[dict[int, Any]]:
         return _first_holder(shards)
 
     def apply(self, doc: CurateDocument, action: Any) -> Verdict:
@@ -57,11 +58,19 @@ class UrlDedupConfig(Config):
     url_field: str = "url"
 
 
-def normalise_url(url: str) -> str:
-    parts = urlsplit(url.strip() if "//" in url else f"//{url.strip()}")
-    host = (parts.hostname or "").lower().removeprefix("www.")
-    if parts.port:
-        host = f"{host}:{parts.port}"
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def normalise_url(url: str) -> str | None:
+    """The dedup key of a URL; None for a URL that cannot be parsed (never a duplicate)."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url if _SCHEME.match(url) else f"//{url}")
+        host = (parts.hostname or "").lower().removeprefix("www.")
+        if parts.port:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # a bad port or bracketed host: crawls have them
+        return None
     path = parts.path.rstrip("/")
     return urlunsplit(("", host, path, parts.query, ""))
 
@@ -74,14 +83,14 @@ class UrlDedup(GlobalStep):
         url = doc.metadata.get(self.config.url_field)  # type: ignore[attr-defined]
         return doc.id, normalise_url(url) if isinstance(url, str) and url.strip() else None
 
-    def resolve(self, shards: list[list[Any]]) -> list[dict[int, Any]]:
+    def resolve(self, shards: Iterable[list[Any]]) -> list[dict[int, Any]]:
         return _first_holder(shards)
 
     def apply(self, doc: CurateDocument, action: Any) -> Verdict:
         return Verdict.remove("url_duplicate", **action)
 
 
-def _first_holder(shards: list[list[Any]]) -> list[dict[int, Any]]:
+def _first_holder(shards: Iterable[list[Any]]) -> list[dict[int, Any]]:
     """For each key seen before (in shard order, then position): remove the later document,
     naming the first one. Key None is never a duplicate."""
     first: dict[Any, str] = {}

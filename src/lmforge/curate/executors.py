@@ -98,7 +98,13 @@ class RayTasks:
             while pending:
                 finished, pending = ray.wait(pending, num_returns=1)
                 for ref in finished:
-                    bar.update(ray.get(ref))
+                    try:
+                        bar.update(ray.get(ref))
+                    except ray.exceptions.RayTaskError as e:
+                        # A user error inside a task: show it as one line, as the local executors do.
+                        if isinstance(e.cause, LmforgeError):
+                            raise e.cause from None
+                        raise
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)

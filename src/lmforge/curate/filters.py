@@ -19,6 +19,7 @@ from collections import Counter
 from itertools import accumulate, compress
 from operator import itemgetter
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from lmforge.config import Config, require
@@ -251,6 +252,7 @@ class GopherRepetition(DocumentStep):
 
 # -- C4 -----------------------------------------------------------------------------------------
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
 _POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
@@ -430,6 +432,10 @@ class UrlBlocklistConfig(Config):
     remove_missing_url: bool = False
     """Remove documents that have no URL (otherwise they pass)."""
 
+    def validate(self) -> None:
+        for i, path in enumerate(self.domain_files):
+            require(Path(path).is_file(), f"domain_files[{i}]", f"{path}: no such file")
+
 
 @register_step("url_blocklist")
 class UrlBlocklist(DocumentStep):
@@ -440,7 +446,7 @@ class UrlBlocklist(DocumentStep):
         domains = {d.strip().lower().lstrip(".") for d in c.domains}
         for path in c.domain_files:
             with open(path, encoding="utf-8") as f:
-                domains.update(line.split("#")[0].strip().lower() for line in f)
+                domains.update(line.split("#")[0].strip().lower().lstrip(".") for line in f)
         self._domains = {d for d in domains if d}
         self._banned = [s.lower() for s in c.banned_substrings]
 
@@ -449,9 +455,12 @@ class UrlBlocklist(DocumentStep):
         url = doc.metadata.get(c.url_field)
         if not isinstance(url, str) or not url:
             return Verdict.remove("no_url") if c.remove_missing_url else Verdict.keep()
-        host = (urlsplit(url if "//" in url else f"//{url}").hostname or "").lower()
+        try:
+            host = (urlsplit(url if _SCHEME.match(url) else f"//{url}").hostname or "").lower()
+        except ValueError:  # unparseable URL: judged by the substring rules only
+            host = ""
         parts = host.split(".")
-        for i in range(len(parts) - 1):
+        for i in range(len(parts)):
             if ".".join(parts[i:]) in self._domains:
                 return Verdict.remove("blocked_domain", domain=".".join(parts[i:]))
         lowered = url.lower()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,9 @@ class MinHashDedup(GlobalStep):
         with np.load(path, allow_pickle=True) as z:
             return z["ids"].tolist(), z["sig"], z["empty"]
 
-    def resolve(self, shards: list[Any]) -> list[dict[int, Any]]:
+    def resolve(self, shards: Iterable[Any]) -> list[dict[int, Any]]:
         c: MinHashConfig = self.config  # type: ignore[assignment]
+        shards = list(shards)  # signatures of all shards: ~8 bytes × bands × rows per document
         ids = [i for shard_ids, _, _ in shards for i in shard_ids]
         sig = np.concatenate([s for _, s, _ in shards]) if shards else np.empty((0, c.bands * c.rows), np.uint64)
         empty = np.concatenate([e for _, _, e in shards]) if shards else np.empty(0, bool)

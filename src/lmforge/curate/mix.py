@@ -583,6 +583,9 @@ def mix(config: MixConfig, *, progress: bool = True) -> dict:
                 raise ConfigError(f"output: {config.output} holds input {f} of source {source.name!r}; "
                                   "mix into a new folder (the output folder is replaced as a whole)")
         files.append(found)
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).exists():
+        # The output folder is replaced as a whole: only ever replace an earlier mix.
+        raise ConfigError(f"output: {config.output} is a non-empty folder that no mix wrote; name a new folder")
 
     counter, counting = _token_counter(config.tokenizer)
     indexes = _count(config, files, counter, progress)

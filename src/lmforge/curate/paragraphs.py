@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,7 @@ class ParagraphDedup(GlobalStep):
                 hashes.append(xxhash.xxh3_128_intdigest(key.lower() if c.lowercase else key))
         return hashes
 
-    def resolve(self, shards: list[list[Any]]) -> list[dict[int, Any]]:
+    def resolve(self, shards: Iterable[list[Any]]) -> list[dict[int, Any]]:
         c: ParagraphDedupConfig = self.config  # type: ignore[assignment]
         bloom = BloomFilter(*c.bloom_shape())
         actions: list[dict[int, Any]] = []

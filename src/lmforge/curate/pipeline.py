@@ -240,10 +240,6 @@ def run_task(task: Task) -> dict[str, Any]:
         writers.append(w)
         return w
 
-    out = writer(layout.documents(task.shard) if last else layout.intermediate(task.stage, task.shard))
-    attrs = writer(layout.attributes(task.shard)) if last and config.write_attributes else None
-    removed = writer(layout.removed(task.shard, task.stage)) if config.write_removed else None
-    rejects = writer(layout.rejects(task.shard)) if task.stage == 0 else None
     signatures: list[Any] = []
     actions: dict[int, Any] = {}
     if stage.apply is not None:
@@ -251,6 +247,10 @@ def run_task(task: Task) -> dict[str, Any]:
         actions = {int(k): v for k, v in raw.items()}
 
     try:
+        out = writer(layout.documents(task.shard) if last else layout.intermediate(task.stage, task.shard))
+        attrs = writer(layout.attributes(task.shard)) if last and config.write_attributes else None
+        removed = writer(layout.removed(task.shard, task.stage)) if config.write_removed else None
+        rejects = writer(layout.rejects(task.shard)) if task.stage == 0 else None
         for pos, doc in enumerate(_documents(task, splitter, rejects)):
             read += 1
             tokens = count_tokens(doc.text)
@@ -363,8 +363,15 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     from lmforge.curate.executors import make_executor
     from lmforge.curate.report import merge_stats, write_report
 
+    # Absolute paths: Ray workers on other nodes do not share this process's working directory.
+    config = config.replace(input=[str(Path(p).absolute()) for p in config.input], output=config.output.absolute())
     steps = config.build_steps()
     stages = make_stages(steps)
+    if config.output.exists() and not config.output.is_dir():
+        raise ConfigError(f"output: {config.output} exists and is not a folder")
+    for p in map(Path, config.input):
+        if p.is_dir() and (config.output == p or p in config.output.parents):
+            raise ConfigError(f"output: {config.output} is inside input folder {p}; its outputs would be read as input")
     found = expand_paths(config.input)
     if not found:
         raise LmforgeError(f"input: no document files found in {', '.join(config.input)}")
@@ -379,6 +386,7 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
 
     config_json = json.dumps(config.to_dict())
     started = time.perf_counter()
+    resumed = any(layout.marker(0, i).exists() for i in range(len(files)))
     with make_executor(config) as executor:
         for stage in stages:
             todo = [Task(config_json, stage.index, i, f) for i, f in enumerate(files)
@@ -393,10 +401,17 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
                 for st in stages if st.collect is not None}  # fmt: skip
     unit = f"tokens ({config.tokenizer})" if config.tokenizer else "whitespace-separated words"
     stats = merge_stats(steps, markers, resolves, n_stages=len(stages), seconds=seconds, unit=unit)
+    if resumed:  # this invocation did only part of the work: a rate would mislead
+        stats.update(resumed=True, documents_per_second=None)
     write_report(stats, config.output, progress=progress)
-    if not config.keep_work:
-        shutil.rmtree(config.output / "work", ignore_errors=True)
+    # stats.json marks the run complete; only then may the work folder go (a kill during the
+    # delete must not leave a run that looks resumable but has lost its decisions).
     atomic_write(stats_path, json.dumps(stats, indent=1))
+    if not config.keep_work:
+        trash = config.output / f".work-deleted-{os.getpid()}"
+        if (config.output / "work").exists():
+            os.replace(config.output / "work", trash)
+            shutil.rmtree(trash, ignore_errors=True)
     return stats
 
 
@@ -422,7 +437,7 @@ def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layo
 def _resolve(step: GlobalStep, stage: int, n_shards: int, layout: Layout, progress: bool) -> None:
     started = time.perf_counter()
     step.setup()
-    signatures = [step.load_signatures(layout.signatures(stage, i)) for i in range(n_shards)]
+    signatures = (step.load_signatures(layout.signatures(stage, i)) for i in range(n_shards))  # one at a time
     actions = step.resolve(signatures)
     for i, acts in enumerate(actions):
         path = layout.actions(stage, i)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lmforge.data.documents import Document, open_text, parse_document
+from lmforge.data.documents import TEXT_SUFFIXES, Document, open_text, parse_document, read_documents
 from lmforge.errors import LmforgeError
 
 GZIP_LEVEL = 3  # ~3× faster than level 9 for a few % more bytes
@@ -99,17 +99,38 @@ def split_inputs(files: list[Path], shard_mb: float | None) -> list[InputShard]:
 def read_input(shard: InputShard) -> Iterator[tuple[int, Document | None, str | None, str]]:
     """(line number, document or None, error or None, raw line) for each non-blank line of a
     dolma JSONL shard. A bad line does not stop the file: the caller records it as a reject."""
+    import zstandard
+
     path = Path(shard.path)
     try:
+        if path.name.endswith(TEXT_SUFFIXES):  # a plain text file is one document
+            for doc in read_documents(path):
+                yield 1, doc, None, ""
+            return
         for line_no, line in _lines(shard):
             if not line.strip():
                 continue
             try:
-                yield line_no, parse_document(line, path, line_no), None, line
+                doc = parse_document(line, path, line_no)
+                _check_encodable(doc, path, line_no)
+                yield line_no, doc, None, line
             except LmforgeError as e:
                 yield line_no, None, str(e), line
-    except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as e:
+    except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile, zstandard.ZstdError) as e:
         raise LmforgeError(f"{path}: cannot be read as UTF-8 JSONL ({e})") from None
+
+
+def _check_encodable(doc: Document, path: Path, line_no: int) -> None:
+    """JSON may escape lone surrogates (\\ud800) that no UTF-8 output can hold: reject them here
+    rather than fail the whole shard when the document is written."""
+    try:
+        doc.text.encode("utf-8")
+        doc.id.encode("utf-8")
+        doc.source.encode("utf-8")
+        if doc.metadata:
+            dumps(doc.metadata).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LmforgeError(f"{path}:{line_no}: document holds a lone surrogate ({e.reason}); not valid Unicode") from None
 
 
 def _lines(shard: InputShard) -> Iterator[tuple[int, str]]:

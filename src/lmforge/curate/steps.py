@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,10 +131,10 @@ class GlobalStep(Step):
         with open(path, "rb") as f:
             return pickle.load(f)
 
-    def resolve(self, shards: list[list[Any]]) -> list[dict[int, Any]]:
-        """Given every shard's signatures (in shard order, documents in order), say for each
-        shard what to do with which document: {position in shard: action}. Must not depend
-        on how shards were spread over workers."""
+    def resolve(self, shards: Iterable[Any]) -> list[dict[int, Any]]:
+        """Given every shard's signatures (in shard order, documents in order; loaded lazily, one
+        shard at a time), say for each shard what to do with which document: {position in shard:
+        action}. Must not depend on how shards were spread over workers."""
         raise NotImplementedError
 
     def apply(self, doc: CurateDocument, action: Any) -> Verdict:
@@ -176,6 +177,8 @@ def build_step(spec: Any, where: str) -> Step:
         close = difflib.get_close_matches(str(name), steps, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{where}: unknown step '{name}'{hint} (valid steps: {', '.join(sorted(steps))})")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"{where}.{name}: options must be a mapping ({{field: value}}), got {options!r}")
     options = dict(options or {})
     label = options.pop("label", None)
     cls = steps[name]

@@ -14,7 +14,8 @@ of our own. What we change is the cost:
 * Sentence counts (C4's "at least 5 sentences") replay spaCy's rule-based `Sentencizer` on
   the same memoised tokens, including the whitespace tokens it sees between runs of spaces.
 
-The memo is per process and bounded, so memory stays flat on a long run.
+The memo is per process and bounded, and spaCy is only called inside memory zones (it forgets
+what it learnt afterwards), so memory stays flat on a long run.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ class SpacyWords:
         # Chunks of letters only are one token unless they are a tokenizer exception ("cannot",
         # "gonna"): every prefix, suffix and infix rule needs a non-letter to match.
         self._exceptions = frozenset(nlp.tokenizer.rules)
+        # spaCy's own symbol names (IS_ALPHA, ORTH, ...) break its vocabulary when first seen
+        # inside a memory zone; give them permanent lexemes now, outside one.
+        from spacy.symbols import IDS
+
+        for name in IDS:
+            if name:
+                nlp.vocab[name]  # noqa: B018
         return nlp
 
     def _learn(self, chunks: list[str]) -> None:
@@ -107,6 +115,7 @@ class SpacyWords:
         nlp = self._nlp
         if len(self._chunks) + len(chunks) > _MEMO_LIMIT:
             self._chunks.clear()
+            self._punct.clear()
         hard = []
         for chunk in chunks:
             if chunk.isalpha() and chunk not in self._exceptions:
@@ -115,15 +124,18 @@ class SpacyWords:
                 hard.append(chunk)
         if not hard:
             return
-        doc = nlp.tokenizer(" ".join(hard))
-        i = 0
-        pieces: list[str] = []
-        for token in doc:
-            pieces.append(token.text)
-            if token.whitespace_ or token.i == len(doc) - 1:
-                self._chunks[hard[i]] = tuple(pieces)
-                pieces = []
-                i += 1
+        # In a memory zone spaCy forgets the strings and lexemes it made for this call afterwards;
+        # without it its vocabulary grows with every new word of a long run.
+        with nlp.memory_zone():
+            doc = nlp.tokenizer(" ".join(hard))
+            i = 0
+            pieces: list[str] = []
+            for token in doc:
+                pieces.append(token.text)
+                if token.whitespace_ or token.i == len(doc) - 1:
+                    self._chunks[hard[i]] = tuple(pieces)
+                    pieces = []
+                    i += 1
 
     def words(self, text: str) -> list[str]:
         """spaCy's non-whitespace tokens of `text`, as datatrove's `split_into_words` gives."""
@@ -180,5 +192,6 @@ class SpacyWords:
     def _is_punct(self, token: str) -> bool:
         known = self._punct.get(token)
         if known is None:
-            known = self._punct[token] = bool(self._nlp.vocab[token].is_punct)
+            with self._nlp.memory_zone():
+                known = self._punct[token] = bool(self._nlp.vocab[token].is_punct)
         return known

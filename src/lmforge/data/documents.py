@@ -46,7 +46,9 @@ def open_text_counted(path: Path) -> tuple[TextIO, BinaryIO]:
         stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
     else:
         stream = raw
-    return io.TextIOWrapper(stream, encoding="utf-8"), raw
+    # newline="\n": JSONL lines end at \n only (a raw \r cannot occur inside a JSON string), so a
+    # file reads the same whole or from a byte offset.
+    return io.TextIOWrapper(stream, encoding="utf-8", newline="\n"), raw
 
 
 def is_document_file(path: Path) -> bool:
@@ -81,6 +83,8 @@ def parse_document(line: str, path: Path, line_no: int) -> Document:
     doc_id = row.pop("id", None)
     source = row.pop("source", None)
     metadata = row.pop("metadata", None) or {}
+    if not isinstance(metadata, dict):
+        raise LmforgeError(f"{path}:{line_no}: 'metadata' must be a JSON object, got {type(metadata).__name__}")
     metadata.update(row)
     return Document(
         id=str(doc_id) if doc_id is not None else f"{path.name}:{line_no}",
