@@ -366,3 +366,18 @@ def test_output_inside_input_or_a_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"domain_files\[0\]: .*no such file"):
         CurateConfig.from_dict({"input": [str(tmp_path / "in")], "output": str(tmp_path / "o"),
                                 "steps": [{"url_blocklist": {"domain_files": ["missing.txt"]}}]})  # fmt: skip
+
+
+def test_bloom_filter_false_positive_rate_is_as_configured():
+    import xxhash
+
+    from lmforge.curate.paragraphs import BloomFilter, ParagraphDedupConfig
+
+    config = ParagraphDedupConfig(expected_paragraphs=20_000, false_positive_rate=0.01)
+    bloom = BloomFilter(*config.bloom_shape())
+    for i in range(20_000):
+        bloom.check_and_add(xxhash.xxh3_128_intdigest(f"seen {i}"))
+    assert all(bloom.check_and_add(xxhash.xxh3_128_intdigest(f"seen {i}")) for i in range(0, 20_000, 10))  # no misses
+    assert abs(bloom.false_positive_rate() - 0.01) < 0.002  # the estimate once it holds what it was sized for
+    fresh = [bloom.check_and_add(xxhash.xxh3_128_intdigest(f"new {i}")) for i in range(2_000)]  # ~p when full
+    assert 0.004 < np.mean(fresh) < 0.02, np.mean(fresh)

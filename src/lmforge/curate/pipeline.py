@@ -26,6 +26,7 @@ Output folder:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -339,6 +340,8 @@ def _count(counts: _Counts, label: str, doc: CurateDocument, text_before: str, t
 
 def _record(doc: CurateDocument, label: str, verdict: Verdict) -> None:
     for key, value in verdict.values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None  # NaN/inf are not JSON (e.g. the mean word length of a wordless text)
         doc.attributes[f"{label}__{key}"] = value
 
 
