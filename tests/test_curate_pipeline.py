@@ -381,3 +381,14 @@ def test_bloom_filter_false_positive_rate_is_as_configured():
     assert abs(bloom.false_positive_rate() - 0.01) < 0.002  # the estimate once it holds what it was sized for
     fresh = [bloom.check_and_add(xxhash.xxh3_128_intdigest(f"new {i}")) for i in range(2_000)]  # ~p when full
     assert 0.004 < np.mean(fresh) < 0.02, np.mean(fresh)
+
+
+def test_resume_refuses_a_changed_blocklist(tmp_path, corpus_dir):
+    blocklist = tmp_path / "block.txt"
+    blocklist.write_text("spam.example\n")
+    steps = [{"url_blocklist": {"domain_files": [str(blocklist)]}}]
+    run(tmp_path, corpus_dir, steps, workers=1)
+    run(tmp_path, corpus_dir, steps, workers=1)  # unchanged: "already complete"
+    blocklist.write_text("spam.example\nother.example\n")
+    with pytest.raises(ConfigError, match=r"different content of .*block\.txt"):
+        run(tmp_path, corpus_dir, steps, workers=1)

@@ -454,6 +454,9 @@ class Decontaminate(DocumentStep):
         self.task_names: list[str] = []
         self.stats: dict[str, Any] = {}
 
+    def input_files(self) -> list[str]:
+        return list(self.config.eval_files)  # type: ignore[attr-defined]  (OLMES files are pinned by version)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_index"] = None  # built again by setup() in the process it travels to

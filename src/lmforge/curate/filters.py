@@ -441,6 +441,9 @@ class UrlBlocklistConfig(Config):
 class UrlBlocklist(DocumentStep):
     Config = UrlBlocklistConfig
 
+    def input_files(self) -> list[str]:
+        return list(self.config.domain_files)  # type: ignore[attr-defined]
+
     def setup(self) -> None:
         c: UrlBlocklistConfig = self.config  # type: ignore[assignment]
         domains = {d.strip().lower().lstrip(".") for d in c.domains}
@@ -491,6 +494,10 @@ class TokenRepetitionConfig(Config):
 @register_step("token_repetition")
 class TokenRepetition(DocumentStep):
     Config = TokenRepetitionConfig
+
+    def input_files(self) -> list[str]:
+        path = Path(self.config.tokenizer)  # type: ignore[attr-defined]
+        return [str(path / "tokenizer.json" if path.is_dir() else path)] if path.exists() else []
 
     def setup(self) -> None:
         from lmforge.data.tokenizer import load_tokenizer

@@ -25,6 +25,7 @@ Output folder:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -422,12 +423,19 @@ def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layo
     """Record the pipeline and shard list in the output folder; refuse to resume into a folder
     made by a different pipeline or input (its finished shards would be mixed with new ones)."""
     config.output.mkdir(parents=True, exist_ok=True)
-    record = {"pipeline": config.output_affecting(), "shards": [str(f) for f in files]}
+    side_files = {f: _sha256(Path(f)) for step in config.build_steps() for f in step.input_files()}
+    record = {"pipeline": config.output_affecting(), "shards": [str(f) for f in files], "step_files": side_files}
     path = config.output / "pipeline.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(record)):
-            what = "input files" if old.get("shards") != record["shards"] else "pipeline"
+            if old.get("pipeline") != record["pipeline"]:
+                what = "pipeline"
+            elif old.get("shards") != record["shards"]:
+                what = "list of input files"
+            else:
+                changed = [f for f in side_files if old.get("step_files", {}).get(f) != side_files[f]]
+                what = f"content of {', '.join(changed) or 'a step file'}"
             raise ConfigError(
                 f"output: {config.output} holds a run with a different {what}; "
                 "use another output folder or delete this one"
@@ -435,6 +443,14 @@ def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layo
     else:
         atomic_write(path, json.dumps(record, indent=1))
         atomic_write(config.output / "pipeline.yaml", config.to_yaml())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _resolve(step: GlobalStep, stage: int, n_shards: int, layout: Layout, progress: bool) -> None:

@@ -112,6 +112,11 @@ class Step:
         """Load heavy state (indexes, tokenizers) once per worker process, before the first
         document. Steps are pickled to workers, so do not build such state in __init__."""
 
+    def input_files(self) -> list[str]:
+        """Files besides the documents that decide what this step does (blocklists, eval sets,
+        tokenizers). A resumed run checks they have not changed since it started."""
+        return []
+
 
 class DocumentStep(Step):
     def __call__(self, doc: CurateDocument) -> Verdict:
