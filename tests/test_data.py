@@ -131,3 +131,21 @@ def test_folders_from_different_tokenizers_are_refused(token_data, tmp_path):
     tokenize([token_data / "val.jsonl"], other, tmp_path / "other", workers=1, progress=False)
     with pytest.raises(LmforgeError, match=r"made with different tokenizers"):
         TokenStream([token_data / "train", tmp_path / "other"])
+
+
+def test_zstd_multi_frame_read_whole_and_truncation_detected(tmp_path):
+    import zstandard
+
+    from lmforge.data.documents import read_documents
+
+    rows = "".join(json.dumps({"id": str(i), "text": "word " * 20}) + "\n" for i in range(20_000)).encode()
+    c = zstandard.ZstdCompressor()
+    data = c.compress(rows[: len(rows) // 2]) + c.compress(rows[len(rows) // 2 :])  # two frames back to back
+    (tmp_path / "ok.jsonl.zst").write_bytes(data)
+    assert [d.id for d in read_documents(tmp_path / "ok.jsonl.zst")] == [str(i) for i in range(20_000)]
+    (tmp_path / "cut.jsonl.zst").write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(LmforgeError, match="cut.jsonl.zst.*truncated"):
+        list(read_documents(tmp_path / "cut.jsonl.zst"))
+    (tmp_path / "junk.jsonl.zst").write_bytes(b"not zstd at all" * 10)
+    with pytest.raises(LmforgeError, match="junk.jsonl.zst.*not valid zstd"):
+        list(read_documents(tmp_path / "junk.jsonl.zst"))

@@ -40,15 +40,58 @@ def open_text_counted(path: Path) -> tuple[TextIO, BinaryIO]:
     if path.suffix == ".gz":
         stream: BinaryIO = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
     elif path.suffix == ".zst":
-        import zstandard
-
-        # read_across_frames: files written by concatenating zstd streams are read whole.
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True, read_across_frames=True)
+        stream = io.BufferedReader(_ZstdFrames(raw))  # type: ignore[assignment]
     else:
         stream = raw
     # newline="\n": JSONL lines end at \n only (a raw \r cannot occur inside a JSON string), so a
     # file reads the same whole or from a byte offset.
     return io.TextIOWrapper(stream, encoding="utf-8", newline="\n"), raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses every zstd frame of a file in turn (files made by concatenating streams
+    are read whole) and raises if the file ends inside a frame: a truncated download must fail
+    like a truncated .gz does, not silently yield the documents before the cut."""
+
+    def __init__(self, raw: BinaryIO):
+        import zstandard
+
+        self._raw, self._zstd = raw, zstandard
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False  # bytes of the current frame have been consumed
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._pending:
+            chunk = self._raw.read(1 << 16)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd stream ends in the middle of a frame: truncated file?")
+                return 0
+            out = []
+            while chunk:
+                self._in_frame = True
+                try:
+                    out.append(self._frame.decompress(chunk))
+                except self._zstd.ZstdError as e:
+                    raise OSError(f"not valid zstd data ({e})") from None
+                if not self._frame.eof:
+                    break
+                chunk = self._frame.unused_data  # the next frame starts in this chunk
+                self._frame = self._zstd.ZstdDecompressor().decompressobj()
+                self._in_frame = False
+            self._pending = b"".join(out)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def is_document_file(path: Path) -> bool:
