@@ -392,3 +392,28 @@ def test_resume_refuses_a_changed_blocklist(tmp_path, corpus_dir):
     blocklist.write_text("spam.example\nother.example\n")
     with pytest.raises(ConfigError, match=r"different content of .*block\.txt"):
         run(tmp_path, corpus_dir, steps, workers=1)
+
+
+def test_url_blocklist_blocks_domains_subdomains_and_substrings(tmp_path):
+    from lmforge.curate.filters import UrlBlocklist, UrlBlocklistConfig
+    from lmforge.curate.steps import CurateDocument
+
+    listed = tmp_path / "domains.txt"
+    listed.write_text("# spam hosts\n.casino.example  # with a leading dot\n")
+    step = UrlBlocklist(UrlBlocklistConfig(domains=["Ads.Example.com"], domain_files=[str(listed)],
+                                           banned_substrings=["/affiliate/"]))  # fmt: skip
+    step.setup()
+    words = SpacyWords()
+
+    def verdict(url):
+        return step(CurateDocument("d", "text", "s", {"url": url} if url else {}, words))
+
+    assert verdict("https://ads.example.com/x").reason == "blocked_domain"
+    assert verdict("http://www.casino.example:8080/").values["domain"] == "casino.example"  # subdomain
+    assert verdict("casino.example/page").reason == "blocked_domain"  # no scheme
+    assert verdict("https://example.com/affiliate/1").reason == "banned_url_substring"
+    assert verdict("https://example.com/news").kept and verdict("https://notcasino.example/").kept
+    assert verdict(None).kept
+    strict = UrlBlocklist(UrlBlocklistConfig(remove_missing_url=True))
+    strict.setup()
+    assert strict(CurateDocument("d", "t", "s", {}, words)).reason == "no_url"

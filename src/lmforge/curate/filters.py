@@ -218,23 +218,17 @@ class GopherRepetition(DocumentStep):
         size = len(text)
         values: dict = {}
 
-        paragraphs = _PARAGRAPH_BREAK.split(text.strip())
-        dup, dup_chars = duplicates(paragraphs)
-        values["dup_para_frac"] = dup / len(paragraphs)
-        if c.dup_para_frac and values["dup_para_frac"] > c.dup_para_frac:
-            return Verdict.remove("dup_para_frac", **values)
-        values["dup_para_char_frac"] = dup_chars / size
-        if c.dup_para_char_frac and values["dup_para_char_frac"] > c.dup_para_char_frac:
-            return Verdict.remove("dup_para_char_frac", **values)
-
-        lines = _LINE_BREAK.split(text)
-        dup, dup_chars = duplicates(lines)
-        values["dup_line_frac"] = dup / len(lines)
-        if c.dup_line_frac and values["dup_line_frac"] > c.dup_line_frac:
-            return Verdict.remove("dup_line_frac", **values)
-        values["dup_line_char_frac"] = dup_chars / size
-        if c.dup_line_char_frac and values["dup_line_char_frac"] > c.dup_line_char_frac:
-            return Verdict.remove("dup_line_char_frac", **values)
+        # Paragraphs, then lines (split only if paragraphs pass): the share of duplicated ones,
+        # then the share of characters in them. Each measurement is named like its reason.
+        splits = (("para", lambda: _PARAGRAPH_BREAK.split(text.strip())), ("line", lambda: _LINE_BREAK.split(text)))
+        for unit, split in splits:
+            parts = split()
+            dup, dup_chars = duplicates(parts)
+            for name, value in ((f"dup_{unit}_frac", dup / len(parts)), (f"dup_{unit}_char_frac", dup_chars / size)):
+                values[name] = value
+                limit = getattr(c, name)
+                if limit and value > limit:
+                    return Verdict.remove(name, **values)
 
         words = WordOffsets(doc.words)
         for n, limit in c.top_n_grams:

@@ -72,11 +72,9 @@ Two reading passes over the inputs, each file read sequentially (gz/zst are fine
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
-import os
 import struct
 import sys
 from array import array
@@ -92,6 +90,7 @@ from tqdm import tqdm
 from lmforge.config import Config, require
 from lmforge.data.documents import TEXT_SUFFIXES, Document, expand_paths, open_text_counted, parse_document
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.curate.shards import ShardWriter
 from lmforge.fsutil import staged_folder
 
 REPORT_FILE = "mix.json"
@@ -421,51 +420,36 @@ class _Buckets:
 
 
 class _ShardWriter:
-    """Deterministic gzip shards, each written under a temp name and renamed when closed."""
+    """Rows into consecutive shards of about `limit` bytes; each shard is a deterministic gzip
+    written under a temp name and renamed when closed (`curate.shards.ShardWriter`)."""
 
     def __init__(self, folder: Path, limit: int):
         self.folder, self.limit = folder, limit
         self.shards: list[dict[str, Any]] = []
-        self._raw: BinaryIO | None = None
-        self._gz: gzip.GzipFile | None = None
-        self._docs = self._bytes = 0
+        self._out: ShardWriter | None = None
+        self._bytes = 0
 
     def write(self, row: bytes) -> None:
-        if self._gz is not None and self._docs > 0 and self._bytes + len(row) > self.limit:
+        if self._out is not None and self._out.rows > 0 and self._bytes + len(row) > self.limit:
             self.close_shard()
-        if self._gz is None:
-            self._open_shard()
-        assert self._gz is not None
-        self._gz.write(row)
-        self._docs += 1
+        if self._out is None:
+            self._out = ShardWriter(self.folder / SHARD_NAME.format(len(self.shards)))
+            self._bytes = 0
+        self._out.write_line(row)
         self._bytes += len(row)
 
-    def _tmp(self, name: str) -> Path:
-        return self.folder / f".{name}.tmp"
-
-    def _open_shard(self) -> None:
-        name = SHARD_NAME.format(len(self.shards))
-        self._raw = open(self._tmp(name), "wb")
-        self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=6)
-        self._docs = self._bytes = 0
-
     def close_shard(self) -> None:
-        if self._gz is None or self._raw is None:
+        if self._out is None:
             return
-        name = SHARD_NAME.format(len(self.shards))
-        self._gz.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self._tmp(name), self.folder / name)
-        size = (self.folder / name).stat().st_size
-        self.shards.append({"name": name, "documents": self._docs, "bytes": self._bytes, "compressed_bytes": size})
-        self._gz = self._raw = None
+        out, self._out = self._out, None
+        out.commit()
+        self.shards.append({"name": out.path.name, "documents": out.rows, "bytes": self._bytes,
+                            "compressed_bytes": out.path.stat().st_size})  # fmt: skip
 
     def abort(self) -> None:
-        if self._gz is not None and self._raw is not None:
-            self._raw.close()
-            self._gz = self._raw = None
+        if self._out is not None:
+            self._out.abort()
+            self._out = None
 
 
 def _gather(

@@ -42,7 +42,11 @@ class ShardWriter:
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        self._out.write(dumps(row).encode("utf-8") + b"\n")
+        self.write_line(dumps(row).encode("utf-8") + b"\n")
+
+    def write_line(self, line: bytes) -> None:
+        """One already-serialised row, newline included."""
+        self._out.write(line)
         self.rows += 1
 
     def close(self) -> None:
@@ -51,7 +55,11 @@ class ShardWriter:
         self._raw.close()
 
     def commit(self) -> None:
-        self.close()
+        if self._out is not self._raw:
+            self._out.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())  # on disk before the rename makes it look complete
+        self._raw.close()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
