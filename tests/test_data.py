@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lmforge.data.dataset import InstanceDataset, TokenStream, is_repetitive, longest_repetition
+from lmforge.data.dataset import InstanceDataset, TokenStream
+from lmforge.data.repetition import is_repetitive, longest_repetition
 from lmforge.data.token_files import TokenFiles
 from lmforge.data.tokenize import tokenize
 from lmforge.data.tokenizer import Tokenizer

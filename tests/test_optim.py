@@ -51,14 +51,14 @@ def test_micro_batching_does_not_change_the_step(token_data, tmp_path):
             "trainer": {"run_dir": str(tmp_path / f"m{micro}"), "batch_tokens": 512, "micro_batch_size": micro,
                         "max_steps": 1},
         })
-        trainer = Trainer(cfg, callbacks=[])
-        trainer.step = 1
+        module = Trainer(cfg, callbacks=[]).module
         # Keep the accumulated (clipped) gradients for comparison: Adam's first step is ~lr·sign(g),
         # which would turn rounding-level differences of tiny gradients into visible ones.
-        trainer.optimizer.step = lambda: None
-        trainer.optimizer.zero_grad = lambda set_to_none=True: None
-        metrics = trainer.train_step(trainer.dataset.batch(np.arange(8)))
-        return metrics, trainer.model
+        module.optimizer.step = lambda: None
+        module.optimizer.zero_grad = lambda set_to_none=True: None
+        batch = Trainer(cfg, callbacks=[]).dataset.batch(np.arange(8))
+        metrics = module.train_batch(batch, lr=1e-3)
+        return metrics, module.model
 
     (m8, model8), (m2, model2) = one_step(8), one_step(2)
     torch.testing.assert_close(m2["loss"], m8["loss"], rtol=1e-6, atol=0)

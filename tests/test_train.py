@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lmforge.data.inspect import batch_documents
+from lmforge.analysis.batches import batch_documents
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.train.config import RunConfig
 from lmforge.train.trainer import Trainer
@@ -93,13 +93,13 @@ def test_damaged_latest_checkpoint_is_skipped(token_data, tmp_path, caplog):
     Trainer(cfg).fit()
     ckpts = tmp_path / "run" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step-16"
-    (ckpts / "step-16" / "optim.pt").unlink()  # a checkpoint missing a file
+    (ckpts / "step-16" / "optim" / ".metadata").unlink()  # a checkpoint missing a file
     (ckpts / ".step-24.partial").mkdir()  # and a half-written one, as a crash leaves it
     trainer = Trainer(cfg)
     with caplog.at_level(logging.WARNING):
         trainer.prepare_run_dir()
     assert trainer.step == 8
-    assert "step-16 is incomplete (optim.pt is missing); falling back" in caplog.text
+    assert "step-16 is incomplete (optim/.metadata is missing); falling back" in caplog.text
     assert max(r["step"] for r in metrics(tmp_path / "run")) == 8  # later rows will be redone
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     out = to_hf(model, args.out_dir, tokenizer, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
     note = "" if tokenizer else " (no tokenizer: pass --tokenizer to include one)"
     print(f"wrote {out} (Olmo2ForCausalLM, {args.dtype}){note}")
+
+
+def cmd_consolidate(args: argparse.Namespace) -> None:
+    from lmforge.model.io import consolidate
+
+    out = consolidate(args.checkpoint, args.out_dir, overwrite=args.overwrite)
+    print(f"wrote {out} (one model.safetensors + model.yaml)")
 
 
 def cmd_model_info(args: argparse.Namespace) -> None:
@@ -92,12 +100,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = RunConfig.from_yaml(args.config, args.overrides)
     metrics = train(cfg)
-    if metrics:
+    if metrics and int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {cfg.max_steps}, loss {float(metrics['loss']):.4f}; run in {cfg.trainer.run_dir}")
 
 
 def cmd_inspect_batch(args: argparse.Namespace) -> None:
-    from lmforge.data.inspect import batch_documents
+    from lmforge.analysis.batches import batch_documents
 
     rows = batch_documents(args.run, args.step)
     if args.json:
@@ -153,13 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("export", cmd_export, "Export a checkpoint as a transformers Olmo2ForCausalLM folder.")
-    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + model.yaml)")
+    p.add_argument("checkpoint", help="checkpoint folder: a training checkpoint (sharded) or model.safetensors + model.yaml")
     p.add_argument("out_dir", help="folder to create")
     p.add_argument("--tokenizer", help="tokenizer.json, folder or known name (default: the checkpoint's own)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the exported weights")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
 
-    p = add("train", cmd_train, "Train (or resume) the run a YAML config describes.")
+    ckpt = sub.add_parser("checkpoint", help="Work with training checkpoints.").add_subparsers(
+        dest="checkpoint_command", required=True
+    )
+    p = add("consolidate", cmd_consolidate, "Write a sharded checkpoint's model as one safetensors file.", ckpt)
+    p.add_argument("checkpoint", help="checkpoint folder (checkpoints/step-N, written by any number of ranks)")
+    p.add_argument("out_dir", help="folder to create: model.safetensors + model.yaml (+ tokenizer.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+
+    p = add("train", cmd_train, "Train (or resume) the run a YAML config describes (under torchrun: every rank).")
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="--section.field=value overrides")
 
@@ -221,7 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             known.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # Under torchrun only rank 0 talks; the others report warnings and errors.
+    quiet_rank = int(os.environ.get("RANK", 0)) != 0
+    level = logging.DEBUG if args.verbose else logging.WARNING if quiet_rank else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
     try:
         args.fn(args)
     except LmforgeError as e:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(cfg.trainer.run_dir, ignore_errors=True)  # the demo always starts afresh
     trainer = Trainer(cfg)
     metrics = trainer.fit()
-    before, after = trainer.initial_val_loss, float(metrics["val_loss"])
+    before, after = trainer.callback("validator").initial_loss, float(metrics["val_loss"])
     print(f"   validation loss {before:.3f} → {after:.3f} nats/token "
           f"(unigram entropy {entropy:.3f}; perplexity {math.exp(after):.1f})")
 

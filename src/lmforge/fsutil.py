@@ -10,14 +10,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Replace `path` with `data` in one rename (a temp file beside it first)."""
+def atomic_write(path: Path, data: bytes | str, *, durable: bool = False) -> None:
+    """Replace `path` with `data` in one rename (a temp file beside it first). `durable`
+    also fsyncs the file before the rename and the folder after it, so a power cut leaves
+    the old or the new content, never an empty file (checkpoint pointers need this)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

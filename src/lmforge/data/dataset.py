@@ -10,6 +10,8 @@ consumed), so resuming, and finding what step N saw, need nothing but the config
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,10 +20,12 @@ import numpy as np
 import torch
 
 from lmforge.data.token_files import DocumentSpan, TokenFiles, read_span
+from lmforge.data.repetition import is_repetitive
 from lmforge.errors import LmforgeError
-from lmforge.model.loss import IGNORE_INDEX
 
-from lmforge.data.repetition import REPEAT_MAX_PERIOD, REPEAT_MIN_COUNT, is_repetitive, longest_repetition  # noqa: F401
+IGNORE_INDEX = -100
+"""Target value whose position contributes nothing to the loss (PyTorch's and transformers'
+convention). Defined here, where targets are made; the loss imports it."""
 
 
 class TokenStream:
@@ -69,8 +73,20 @@ class TokenStream:
 class Batch:
     inputs: torch.Tensor  # (B, T) int64
     targets: torch.Tensor  # (B, T) int64, IGNORE_INDEX where the loss is masked
-    instances: np.ndarray  # (B,) instance indices, for tracing a batch back to documents
+    instances: np.ndarray  # (B,) instance indices of these rows, for tracing back to documents
     n_masked_instances: int  # instances whose loss the repetition filter masked
+    step_instances: np.ndarray | None = None
+    """(global batch,) every instance of the optimizer step, on every rank (this rank's rows
+    are a slice of it): what `batch_crc` and `inspect-batch` describe."""
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """[counted target tokens, masked instances] of these rows, as one int64 tensor (one
+        all-reduce gives the global batch's totals)."""
+        return torch.tensor([int((self.targets != IGNORE_INDEX).sum()), self.n_masked_instances])
+
+    def pin_memory(self) -> Batch:
+        return replace(self, inputs=self.inputs.pin_memory(), targets=self.targets.pin_memory())
 
 
 class InstanceDataset:
@@ -128,20 +144,54 @@ class InstanceDataset:
 
 
 class BatchLoader:
-    """Yields batches of `batch_size` instances from `position` on; `position` (instances
-    consumed) is the whole loader state a checkpoint needs."""
+    """Yields this rank's slice of each global batch of `batch_size` instances, from
+    `position` on. `position` (instances of the global order consumed by finished steps) is
+    the whole loader state a checkpoint needs, and it does not depend on the world size.
 
-    def __init__(self, dataset: InstanceDataset, batch_size: int, position: int = 0):
+    With `prefetch` > 0 a background thread reads the next batches (memmap reads, repetition
+    mask, pinning) while the current step computes; batches are a pure function of the
+    position, so prefetching changes nothing but timing.
+    """
+
+    def __init__(self, dataset: InstanceDataset, batch_size: int, position: int = 0, *, rank: int = 0,
+                 world_size: int = 1, prefetch: int = 0, pin_memory: bool = False):
+        if batch_size % world_size:
+            raise LmforgeError(
+                f"a global batch of {batch_size} instances cannot be split evenly over {world_size} ranks; "
+                f"use a world size that divides {batch_size}, or change trainer.batch_tokens"
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.position = position
+        self.rank, self.world_size = rank, world_size
+        self.prefetch, self.pin_memory = prefetch, pin_memory
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.world_size
+
+    def batch_at(self, position: int) -> Batch:
+        """This rank's rows of the global batch that starts at `position`."""
+        everything = self.dataset.instances_at(position, self.batch_size)
+        per = self.local_batch_size
+        batch = self.dataset.batch(everything[self.rank * per : (self.rank + 1) * per])
+        batch.step_instances = everything
+        return batch.pin_memory() if self.pin_memory else batch
 
     def __iter__(self) -> Iterator[Batch]:
-        while True:
-            instances = self.dataset.instances_at(self.position, self.batch_size)
-            batch = self.dataset.batch(instances)
-            self.position += self.batch_size
-            yield batch
+        if self.prefetch <= 0:
+            while True:
+                batch = self.batch_at(self.position)
+                self.position += self.batch_size
+                yield batch
+        reader = _Prefetcher(self.batch_at, self.position, self.batch_size, self.prefetch)
+        try:
+            while True:
+                batch = reader.next()
+                self.position += self.batch_size  # counted when handed over, as without prefetch
+                yield batch
+        finally:
+            reader.stop()
 
     def state_dict(self) -> dict:
         return {"position": self.position, "data_fingerprint": self.dataset.stream.fingerprint}
@@ -153,3 +203,43 @@ class BatchLoader:
                 f"{state['data_fingerprint']} vs {self.dataset.stream.fingerprint}); resume with the same data"
             )
         self.position = state["position"]
+
+
+class _Prefetcher:
+    """A daemon thread filling a bounded queue with batch_at(position), batch_at(position + step), …
+    An exception in the thread is re-raised in the consumer."""
+
+    def __init__(self, batch_at, position: int, step: int, depth: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(batch_at, position, step), daemon=True,
+                                       name="lmforge-prefetch")
+        self.thread.start()
+
+    def _run(self, batch_at, position: int, step: int) -> None:
+        while not self.stopped.is_set():
+            try:
+                item: object = batch_at(position)
+            except BaseException as e:  # handed to the consumer, which raises it
+                item = e
+            while not self.stopped.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            position += step
+
+    def next(self) -> Batch:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        """End the thread and wait for it: a daemon thread still inside torch when the
+        interpreter exits can abort the process."""
+        self.stopped.set()
+        self.thread.join()

@@ -1,6 +1,12 @@
-"""A model on disk in lmforge's own layout: `model.safetensors` (our parameter names) and
-`model.yaml` (the `ModelConfig`), plus `tokenizer.json` when the tokenizer travels with it.
-Training checkpoints store the model this way, so `lmforge export` reads any of them."""
+"""A model on disk in lmforge's own layouts, both with `model.yaml` (the `ModelConfig`) and,
+when the tokenizer travels with it, `tokenizer.json`:
+
+* consolidated: `model.safetensors`, one file with our parameter names (`save_model`,
+  `lmforge checkpoint consolidate`);
+* sharded: `model/`, a `torch.distributed.checkpoint` folder as training checkpoints write it
+  from any number of ranks.
+
+`load_model` reads either, so `lmforge export` takes a training checkpoint as it is."""
 
 from __future__ import annotations
 
@@ -13,10 +19,13 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import LmforgeError
+from lmforge.fsutil import staged_folder
+from lmforge.safe_dcp import read_metadata, safe_load
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 
 WEIGHTS_FILE = "model.safetensors"
+SHARDED_DIR = "model"
 CONFIG_FILE = "model.yaml"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -33,14 +42,38 @@ def save_model(model: Transformer, directory: str | Path, tokenizer: Tokenizer |
 
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> Transformer:
-    """The model saved by `save_model` in `directory`."""
+    """The model in `directory`: consolidated (`model.safetensors`) or sharded (`model/`)."""
     directory = Path(directory)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        if not (directory / name).exists():
-            raise LmforgeError(f"{directory}: not an lmforge model checkpoint ({name} is missing)")
+    sharded = (directory / SHARDED_DIR / ".metadata").exists()
+    if not (directory / CONFIG_FILE).exists() or not (sharded or (directory / WEIGHTS_FILE).exists()):
+        raise LmforgeError(
+            f"{directory}: not an lmforge model checkpoint (it needs {CONFIG_FILE} and {WEIGHTS_FILE} or a sharded "
+            f"{SHARDED_DIR}/ folder)"
+        )
     cfg = ModelConfig.from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()), where="model.")
+    if sharded:
+        return load_sharded(cfg, directory / SHARDED_DIR, device=device)
     state = load_file(directory / WEIGHTS_FILE, device=str(device))
     return assign_weights(cfg, state, where=str(directory))
+
+
+def load_sharded(cfg: ModelConfig, folder: Path, *, device: str | torch.device = "cpu") -> Transformer:
+    """Read a DCP model folder (written by any number of ranks) into one unsharded model."""
+    model = cfg.build(device="meta").to_empty(device=device)
+    state = model.state_dict()
+    stored = read_metadata(folder).state_dict_metadata
+    missing = sorted(set(state) - set(stored))
+    unexpected = sorted(set(stored) - set(state))
+    if missing or unexpected:
+        parts = [_first_of("missing key", missing), _first_of("unexpected key", unexpected)]
+        raise LmforgeError(f"{folder}: weights do not match the model config: {'; '.join(p for p in parts if p)}")
+    for name, tensor in state.items():
+        shape = tuple(getattr(stored[name], "size", ()))
+        if shape != tuple(tensor.shape):
+            raise LmforgeError(f"{folder}: {name} has shape {shape}, the config implies {tuple(tensor.shape)}")
+    safe_load(state, folder)
+    model.reset_buffers()
+    return model
 
 
 def assign_weights(
@@ -83,3 +116,15 @@ def _first_of(what: str, names: list[str]) -> str:
 def load_model_tokenizer(directory: str | Path) -> Tokenizer | None:
     path = Path(directory) / TOKENIZER_FILE
     return Tokenizer.load(path) if path.exists() else None
+
+
+def consolidate(checkpoint: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """One `model.safetensors` + `model.yaml` (+ tokenizer) from any model checkpoint, written
+    into a staged folder that appears only when complete."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise LmforgeError(f"{out_dir} exists; pass --overwrite to replace it")
+    model = load_model(checkpoint)
+    with staged_folder(out_dir) as staging:
+        save_model(model, staging, load_model_tokenizer(checkpoint))
+    return out_dir

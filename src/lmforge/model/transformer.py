@@ -13,11 +13,14 @@ Shapes in comments: B batch, T sequence, D d_model, H heads, K kv heads, d head_
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.config import ModelConfig
+from lmforge.model.loss import LossParts, linear_cross_entropy, lm_loss
 
 
 class RMSNorm(nn.Module):
@@ -150,26 +153,57 @@ class Transformer(nn.Module):
             self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self, generator: torch.Generator | None = None) -> None:
+    def init_weights(self, seed: int | None = None) -> None:
         """OLMo 2 init: every matrix ~ N(0, init_std) truncated at ±3σ, every norm weight 1.
 
-        Also refills the RoPE buffer, so a model built on 'meta' and materialised with
-        `to_empty` is usable after calling this.
+        Each parameter draws from its own generator seeded by (seed, name), so the weights do
+        not depend on the order parameters are visited in or on how they are sharded: a
+        sharded run initialises each full tensor this way and keeps its slice. `seed=None`
+        draws the seed from torch's global RNG (so `torch.manual_seed` decides it). Also
+        refills the RoPE buffer, so a model materialised with `to_empty` is usable after this.
         """
-        std = self.cfg.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(module.weight, 0.0, std, -3 * std, 3 * std, generator=generator)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        for name, param in self.named_parameters():
+            self.init_parameter(name, param, seed)
         self.reset_buffers()
+
+    @torch.no_grad()
+    def init_parameter(self, name: str, out: torch.Tensor, seed: int) -> None:
+        """Fill `out` (a plain tensor shaped like parameter `name`) with its initial value."""
+        if name in self._norm_weights:
+            out.fill_(1.0)
+            return
+        generator = torch.Generator(device=out.device).manual_seed(param_seed(seed, name))
+        std = self.cfg.init_std
+        nn.init.trunc_normal_(out, 0.0, std, -3 * std, 3 * std, generator=generator)
+
+    @property
+    def _norm_weights(self) -> set[str]:
+        return {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, RMSNorm)}
 
     def reset_buffers(self) -> None:
         """Recompute the non-persistent RoPE buffer on the device of the weights (after
         `to_empty` or a `load_state_dict(assign=True)` onto a meta-built model)."""
         self.rope_inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.embed.weight.device)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.head is None else self.head.weight  # (V, D)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+        z_loss_weight: float = 0.0,
+        loss_chunk_tokens: int = 0,
+    ) -> torch.Tensor | LossParts:
+        """Logits (B, T, V), or with `targets` (B, T) the summed loss parts (nanoGPT's
+        `forward(idx, targets)`): with `loss_chunk_tokens` > 0 the head, cross-entropy and
+        z-loss run fused over chunks of tokens and the logits are never materialised.
+        The loss is computed inside forward so that a sharded head is gathered for it."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device)
@@ -178,6 +212,15 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         x = self.norm(x)
-        head_weight = self.embed.weight if self.head is None else self.head.weight
-        return F.linear(x, head_weight)  # (B, T, V)
+        if targets is None:
+            return F.linear(x, self.head_weight)  # (B, T, V)
+        if loss_chunk_tokens > 0:
+            return linear_cross_entropy(x, self.head_weight, targets, z_loss_weight=z_loss_weight,
+                                        chunk_tokens=loss_chunk_tokens)
+        return lm_loss(F.linear(x, self.head_weight), targets, z_loss_weight=z_loss_weight, reduction="sum")
 
+
+def param_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for parameter `name`: stable across processes and Python versions."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -1,6 +1,12 @@
-"""Side concerns of training, each a callback with its own state: speed, validation,
+"""Side concerns of training, each a callback that owns its state: speed, validation,
 logging and checkpointing. The loop calls hooks in priority order (higher first), so the
-speed monitor and validator add their numbers before the logger writes the step's row."""
+speed monitor and validator add their numbers before the logger writes the step's row.
+
+A callback's checkpointed state is keyed by its `name`; two callbacks in one run must have
+different names (a second validator on another data set gets `name="validator_wiki"`).
+Collective work (validation, checkpoints) runs on every rank; console and metrics.jsonl on
+rank 0 only.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lmforge.model.loss import lm_loss
+from lmforge.data.dataset import IGNORE_INDEX
 from lmforge.model.size import flops_per_token
 
 if TYPE_CHECKING:
@@ -23,16 +29,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s, for MFU. Matched against torch.cuda.get_device_name().
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
-
 
 class Callback:
     priority = 0
+    name = "callback"
+    """Key of this callback's state in checkpoints; unique within a run."""
 
     def on_train_start(self, trainer: Trainer) -> None: ...
 
-    def pre_step(self, trainer: Trainer) -> None: ...
+    def pre_step(self, trainer: Trainer, batch) -> None: ...
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
@@ -45,48 +50,56 @@ class Callback:
 
 
 class SpeedMonitor(Callback):
-    """Training tokens/s over the last log interval and, on CUDA, model FLOPs utilisation.
-    Only time inside steps counts: validation and checkpointing do not dilute the rate."""
+    """Training tokens/s (global and per device) over the last log interval, MFU against the
+    device's bf16 peak, and peak memory on GPU. Only time inside steps counts: validation
+    and checkpointing do not dilute the rate."""
 
     priority = 30
+    name = "speed"
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.flops_per_token = flops_per_token(trainer.cfg.model, trainer.cfg.data.seq_len)
-        self.peak = None
-        if trainer.device.type == "cuda":
-            name = torch.cuda.get_device_name(trainer.device)
-            self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        self.peak = trainer.world.peak_flops()
         self.seconds, self.tokens = 0.0, 0
 
-    def pre_step(self, trainer: Trainer) -> None:
+    def pre_step(self, trainer: Trainer, batch) -> None:
         self.step_start, self.tokens_before = time.perf_counter(), trainer.tokens_seen
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         log_step = trainer.step % trainer.cfg.trainer.log_every == 0
-        if log_step and trainer.device.type == "cuda":
+        if log_step:
             # Host sync once per log interval: kernels queued by earlier steps finish here, so
-            # the interval's summed step times cover the GPU work, not just the launches.
-            torch.cuda.synchronize()
+            # the interval's summed step times cover the device work, not just the launches.
+            trainer.world.synchronize()
         self.seconds += time.perf_counter() - self.step_start
         self.tokens += trainer.tokens_seen - self.tokens_before
         if not log_step:
             return
         rate = self.tokens / max(self.seconds, 1e-9)
         metrics["tokens_per_s"] = rate
+        metrics["tokens_per_s_per_device"] = rate / trainer.world.size
         if self.peak:
-            metrics["mfu"] = rate * self.flops_per_token / self.peak
+            metrics["mfu"] = rate / trainer.world.size * self.flops_per_token / self.peak
+        if (mem := trainer.world.max_memory_gib()) is not None:
+            metrics["peak_mem_gib"] = mem
         self.seconds, self.tokens = 0.0, 0
 
 
 class Validator(Callback):
-    """Mean loss over the same validation instances every `eval_every` steps (and at 0 and end)."""
+    """Mean loss over the same validation instances every `eval_every` steps (and at 0 and
+    end). The instances are split over ranks and the sums all-reduced, so the value does not
+    depend on the world size."""
 
     priority = 20
+    name = "validator"
+
+    def __init__(self) -> None:
+        self.initial_loss: float | None = None
 
     def on_train_start(self, trainer: Trainer) -> None:
         if trainer.val_dataset is not None and trainer.step == 0:
-            trainer.initial_val_loss = self.evaluate(trainer)
-            trainer.logger_row({"step": 0, "tokens": 0, "val_loss": trainer.initial_val_loss})
+            self.initial_loss = self.evaluate(trainer)
+            trainer.log_row({"step": 0, "tokens": 0, "val_loss": self.initial_loss})
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.val_dataset is None:
@@ -94,29 +107,38 @@ class Validator(Callback):
         if trainer.step % trainer.cfg.trainer.eval_every == 0 or trainer.step == trainer.max_steps:
             metrics["val_loss"] = self.evaluate(trainer)
 
-    @torch.no_grad()
     def evaluate(self, trainer: Trainer) -> float:
-        data = trainer.val_dataset
+        data, world = trainer.val_dataset, trainer.world
         assert data is not None
         mb = trainer.cfg.trainer.micro_batch_size
         count = min(trainer.cfg.trainer.eval_batches * mb, data.num_instances)
-        trainer.model.eval()
-        total, tokens = torch.zeros((), device=trainer.device), 0
-        for start in range(0, count, mb):
-            batch = data.batch(np.arange(start, min(start + mb, count)))
-            with trainer.autocast():
-                logits = trainer.model(batch.inputs.to(trainer.device))
-            ce, _, n = lm_loss(logits, batch.targets.to(trainer.device), reduction="sum")
-            total += ce
-            tokens += int(n)
-        trainer.model.train()
-        return float(total) / max(tokens, 1)  # host sync: once per evaluation
+        mine = np.arange(world.rank, count, world.size)
+        # Every rank runs the same number of forwards (FSDP's gathers are collective); a rank
+        # whose share runs out runs a row with every target masked.
+        per_rank = -(-count // world.size)
+        sums = torch.zeros(2, device=trainer.world.device)
+        for start in range(0, per_rank, mb):
+            rows = mine[start : start + mb]
+            batch = data.batch(rows if len(rows) else np.zeros(1, dtype=np.int64))
+            if not len(rows):
+                batch.targets.fill_(IGNORE_INDEX)
+            sums += trainer.module.eval_sums(batch.inputs, batch.targets)
+        world.all_reduce_sum(sums)
+        return float(sums[0] / sums[1].clamp(min=1))  # host sync: once per evaluation
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial_loss": self.initial_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial_loss = state.get("initial_loss")
 
 
 class MetricsLogger(Callback):
-    """A row per logged step in metrics.jsonl, and a one-line console progress with ETA."""
+    """A row per logged step in metrics.jsonl, and a one-line console progress with ETA
+    (rank 0 only)."""
 
     priority = 10
+    name = "metrics"
 
     def on_train_start(self, trainer: Trainer) -> None:
         self.start_time, self.start_step = time.perf_counter(), trainer.step
@@ -126,8 +148,10 @@ class MetricsLogger(Callback):
         if trainer.step % trainer.cfg.trainer.log_every and "val_loss" not in metrics:
             return
         row = {"step": trainer.step, "tokens": trainer.tokens_seen}
-        row.update({k: float(v) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()})  # host sync
-        trainer.logger_row(row)
+        row.update({k: _plain(v) for k, v in metrics.items()})  # host sync
+        trainer.log_row(row)
+        if not trainer.world.is_main:
+            return
         done = trainer.step - self.start_step
         elapsed = time.perf_counter() - self.start_time
         eta = elapsed / max(done, 1) * (trainer.max_steps - trainer.step)
@@ -148,11 +172,22 @@ class Checkpointer(Callback):
     """Saves every `checkpoint_every` steps and at the end (see `train.checkpoint`)."""
 
     priority = 0
+    name = "checkpointer"
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         every = trainer.cfg.trainer.checkpoint_every
         if trainer.step % every == 0 or trainer.step == trainer.max_steps:
             trainer.save_checkpoint()
+
+
+def default_callbacks() -> list[Callback]:
+    return [SpeedMonitor(), Validator(), MetricsLogger(), Checkpointer()]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
 
 
 def _duration(seconds: float) -> str:

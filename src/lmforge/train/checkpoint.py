@@ -1,11 +1,17 @@
-"""Checkpoints that are complete or invisible.
+"""Checkpoints that are complete or invisible, written and read by any number of ranks.
 
-`checkpoints/step-N/` holds the model (`model.safetensors` + `model.yaml`, the layout
-`lmforge export` reads), `optim.pt`, `trainer.json` (step, data position, callback state),
-`rng.pt`, the resolved `config.yaml`, the tokenizer, and last `manifest.json` listing every
-file with its size. It is written under a hidden name, fsynced and renamed; only then is the
-`latest` pointer replaced (temp file, fsync, rename). Loading checks the manifest and walks
-back to the newest complete checkpoint if `latest` points at a damaged one.
+    step-N/model/        parameters by name (torch.distributed.checkpoint: every rank writes its
+                         shards, any number of ranks reads them back, resharded)
+    step-N/optim/        AdamW state by parameter name (the same)
+    step-N/rng/rank-R.json   each rank's RNG states
+    step-N/trainer.json  step, tokens, data position, callback states;  model.yaml, config.yaml,
+                         tokenizer.json;  manifest.json (every file with its size), written last
+
+All ranks write into `.step-N.partial/`; after a barrier rank 0 alone fsyncs, writes the
+manifest, renames the folder to `step-N` and then replaces the `latest` pointer (temp file,
+fsync, rename). Loading checks the manifest and walks back to the newest complete checkpoint
+if `latest` names a damaged one. Nothing in a checkpoint is unpickled with code execution:
+DCP's metadata and entries are read through `lmforge.safe_dcp`, everything else is JSON/YAML.
 """
 
 from __future__ import annotations
@@ -16,13 +22,19 @@ import os
 import random
 import re
 import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 
 from lmforge.errors import LmforgeError
+from lmforge.fsutil import atomic_write, fsync_dir
+from lmforge.parallel import World
+from lmforge.safe_dcp import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -31,55 +43,89 @@ LATEST = "latest"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+# -- RNG state as JSON (a pickled RNG state would be code to execute on load) ------------------------
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# -- sharded state (collective: every rank calls these) ------------------------------------------------
 
 
-def write_checkpoint(root: Path, step: int, write_files) -> Path:
-    """Create `root/step-{step}` atomically. `write_files(folder)` writes the contents."""
-    root.mkdir(parents=True, exist_ok=True)
+def save_state(folder: Path, state: dict[str, dict[str, Any]]) -> None:
+    """Each top-level entry of `state` (e.g. 'model', 'optim') into its own DCP folder."""
+    for key, value in state.items():
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.save(value, checkpoint_id=folder / key)
+
+
+def load_state(folder: Path, state: dict[str, dict[str, Any]]) -> None:
+    """Fill `state` (shaped like what was saved, e.g. from `TrainModule.state_dict()`) in place."""
+    for key, value in state.items():
+        safe_load(value, folder / key)
+
+
+# -- atomic folders -------------------------------------------------------------------------------------
+
+
+def write_checkpoint(root: Path, step: int, world: World, write_all: Callable[[Path], None],
+                     write_main: Callable[[Path], None]) -> Path:
+    """Create `root/step-{step}` atomically. Every rank calls this: `write_all(folder)` runs on
+    every rank (collective writes), `write_main(folder)` on rank 0 only."""
     final = root / f"step-{step}"
     staging = root / f".step-{step}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    write_files(staging)
-    files = {}
-    for f in sorted(staging.iterdir()):
-        with open(f, "rb+") as handle:
-            os.fsync(handle.fileno())
-        files[f.name] = f.stat().st_size
-    (staging / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
-    _fsync_dir(staging)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    _fsync_dir(root)
-    pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(final.name + "\n")
-    with open(pointer, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(pointer, root / LATEST)
-    _fsync_dir(root)
+    if world.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    world.barrier()
+    write_all(staging)
+    if world.is_main:
+        write_main(staging)
+    world.barrier()  # every rank's files are written
+    if world.is_main:
+        _seal(staging, step)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        fsync_dir(root)
+        atomic_write(root / LATEST, final.name + "\n", durable=True)
+    world.barrier()  # nobody moves on (or dies) believing a checkpoint exists before it does
     return final
+
+
+def _seal(staging: Path, step: int) -> None:
+    """fsync every file and folder, then write the manifest that makes the folder complete."""
+    files = {}
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        files[path.relative_to(staging).as_posix()] = path.stat().st_size
+    for folder in sorted({p.parent for p in staging.rglob("*")}, key=lambda p: -len(p.parts)):
+        fsync_dir(folder)
+    atomic_write(staging / MANIFEST, json.dumps({"step": step, "files": files}, indent=1), durable=True)
+    fsync_dir(staging)
 
 
 def check_complete(folder: Path) -> str | None:
@@ -108,7 +154,7 @@ def step_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def find_resumable(root: Path) -> Path | None:
+def find_resumable(root: Path, *, quiet: bool = False) -> Path | None:
     """The checkpoint to resume from: `latest` if complete, else the newest complete one
     (saying why the others were skipped); None if there is none."""
     candidates = [p for _, p in step_dirs(root)]
@@ -120,7 +166,8 @@ def find_resumable(root: Path) -> Path | None:
         problem = check_complete(folder) if folder.exists() else "it does not exist"
         if problem is None:
             return folder
-        log.warning(f"checkpoint {folder} is incomplete ({problem}); falling back to the previous one")
+        if not quiet:
+            log.warning(f"checkpoint {folder} is incomplete ({problem}); falling back to the previous one")
     return None
 
 
@@ -133,8 +180,8 @@ def prune(root: Path, keep: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_torch(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a damaged file must not crash with a pickle traceback
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
         raise LmforgeError(f"{path}: cannot be read ({e})") from None

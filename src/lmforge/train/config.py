@@ -11,6 +11,7 @@ from typing import Literal
 
 from lmforge.config import Config, require
 from lmforge.model.config import ModelConfig
+from lmforge.parallel.config import ParallelConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -67,7 +68,8 @@ class TrainerConfig(Config):
     batch_tokens: int = 16_384
     """Tokens per optimizer step (global batch); a multiple of data.seq_len."""
     micro_batch_size: int = 8
-    """Instances per forward/backward pass; the batch is accumulated over several."""
+    """Instances per forward/backward pass on each rank; each rank's share of the batch
+    (batch instances / world size) is accumulated over several."""
     max_steps: int | None = None
     """Optimizer steps to train; or set max_tokens."""
     max_tokens: int | None = None
@@ -82,10 +84,6 @@ class TrainerConfig(Config):
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     """Complete checkpoints kept; older ones are deleted (0 keeps all)."""
-    device: str = "auto"
-    """'auto' (cuda if available), 'cpu' or 'cuda'."""
-    compile: bool = False
-    """torch.compile the model (costs ~20 s on CPU)."""
 
     def validate(self) -> None:
         for name in ("batch_tokens", "micro_batch_size", "log_every", "eval_every", "checkpoint_every"):
@@ -96,7 +94,6 @@ class TrainerConfig(Config):
             "trainer.max_steps",
             "set exactly one of trainer.max_steps and trainer.max_tokens",
         )
-        require(self.device in ("auto", "cpu", "cuda"), "trainer.device", f"{self.device!r}; choose auto, cpu or cuda")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -105,6 +102,7 @@ class RunConfig(Config):
     data: DataConfig
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     trainer: TrainerConfig
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     tokenizer: Path | None = None
     """tokenizer.json the data was made with; copied into checkpoints and exports."""
 
@@ -120,6 +118,24 @@ class RunConfig(Config):
             instances % t.micro_batch_size == 0,
             "trainer.micro_batch_size",
             f"{t.micro_batch_size} must divide the {instances} instances of a batch (batch_tokens / seq_len)",
+        )
+
+    def check_world_size(self, world_size: int) -> None:
+        """The global batch must split into whole micro-batches on every rank."""
+        instances = self.batch_instances
+        require(
+            instances % world_size == 0,
+            "trainer.batch_tokens",
+            f"{self.trainer.batch_tokens} tokens = {instances} instances of data.seq_len={self.data.seq_len} per step "
+            f"cannot be split evenly over {world_size} ranks; use a world size that divides {instances}, "
+            "or change trainer.batch_tokens",
+        )
+        per_rank = instances // world_size
+        require(
+            per_rank % self.trainer.micro_batch_size == 0,
+            "trainer.micro_batch_size",
+            f"{self.trainer.micro_batch_size} must divide the {per_rank} instances each of {world_size} ranks "
+            f"gets per step; pick a divisor of {per_rank}",
         )
 
     @property

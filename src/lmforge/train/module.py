@@ -1,0 +1,112 @@
+"""The TrainModule: everything about the model that the training loop should not know.
+
+It builds the model on 'meta', parallelizes it (AC → compile → FSDP), materialises and
+initialises it (the same weights for any world size), builds the optimizer, runs one
+optimizer step over micro-batches, evaluates, and owns the model and optimizer state that
+checkpoints hold. The loop (`Trainer`) hands it batches and a learning rate; it never touches
+devices, dtypes or collectives itself. (OLMo-core calls this a train module; torchtitan
+spreads it over its trainer and train spec.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from lmforge.data.dataset import Batch
+from lmforge.model.loss import LossParts
+from lmforge.parallel import World, parallelize
+from lmforge.parallel.fsdp import clip_grad_norm, copy_full_into, set_gradient_sync
+from lmforge.train.config import RunConfig
+from lmforge.train.optim import build_optimizer, set_lr
+
+
+class TrainModule:
+    def __init__(self, cfg: RunConfig, world: World):
+        self.cfg, self.world = cfg, world
+        self.device = world.device
+        model = cfg.model.build(device="meta")
+        parallelize(model, cfg.parallel, world)
+        model.to_empty(device=self.device)
+        init_weights(model, cfg.trainer.seed, self.device)
+        self.model = model
+        self.optimizer = build_optimizer(model, cfg.optim, fused=self.device.type == "cuda")
+        self.micro_batch_size = cfg.trainer.micro_batch_size
+        # FSDP averages gradients over the data-parallel ranks; our loss is already a mean
+        # over the global batch's tokens, so each rank's loss is scaled up by that count.
+        self.grad_scale = world.size if world.mesh is not None else 1
+
+    # -- one optimizer step ---------------------------------------------------------------------------
+    def train_batch(self, batch: Batch, lr: float) -> dict[str, torch.Tensor]:
+        """Forward/backward every micro-batch of this rank's rows, clip, step. Returns the
+        global batch's loss, z-loss, gradient norm and masked instances, as device tensors
+        (no host sync: the logger reads them on logging steps only)."""
+        set_lr(self.optimizer, lr)
+        model, mb = self.model, self.micro_batch_size
+        inputs = batch.inputs.to(self.device, non_blocking=True)
+        targets = batch.targets.to(self.device, non_blocking=True)
+        # One all-reduce of [counted tokens, masked instances] gives the global batch's totals,
+        # so the loss is normalised by the global token count on every rank, whatever its share.
+        counts = self.world.all_reduce_sum(batch.counts.to(self.device, non_blocking=True))
+        n_tokens = counts[0].clamp(min=1).float()
+        sums = torch.zeros(2, device=self.device)  # [ce, z] summed over this rank's tokens
+        n_micro = len(inputs) // mb
+        for i in range(n_micro):
+            set_gradient_sync(model, i == n_micro - 1)  # reduce gradients once per step
+            rows = slice(i * mb, (i + 1) * mb)
+            parts = self._loss(inputs[rows], targets[rows])
+            ((parts.ce + parts.z) * (self.grad_scale / n_tokens)).backward()
+            sums += torch.stack([parts.ce.detach(), parts.z.detach()])
+        grad_norm = clip_grad_norm(model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = self.world.all_reduce_sum(sums) / n_tokens
+        return {"loss": sums[0], "z_loss": sums[1], "grad_norm": grad_norm, "masked_instances": counts[1]}
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> LossParts:
+        return self.model(inputs, targets=targets, z_loss_weight=self.cfg.optim.z_loss,
+                          loss_chunk_tokens=self.cfg.parallel.loss_chunk_tokens)
+
+    @torch.no_grad()
+    def eval_sums(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """[summed cross-entropy, counted tokens] of one micro-batch, on the device (not reduced)."""
+        self.model.eval()
+        parts = self.model(inputs.to(self.device), targets=targets.to(self.device),
+                           loss_chunk_tokens=self.cfg.parallel.loss_chunk_tokens)
+        self.model.train()
+        return torch.stack([parts.ce.float(), parts.n_tokens.float()])
+
+    # -- checkpoint contents --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """{'model': parameters by name, 'optim': AdamW state by parameter name}, as
+        `torch.distributed.checkpoint` saves them: sharded tensors on every rank, written once,
+        loadable on any other number of ranks."""
+        opts = StateDictOptions(full_state_dict=False, cpu_offload=False)
+        return {
+            "model": get_model_state_dict(self.model, options=opts),
+            "optim": get_optimizer_state_dict(self.model, self.optimizer, options=opts),
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        opts = StateDictOptions(full_state_dict=False, strict=True)
+        set_model_state_dict(self.model, state["model"], options=opts)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=opts)
+
+
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, seed: int, device: torch.device) -> None:
+    """Initialise every parameter as the unsharded model would (`Transformer.init_parameter`
+    draws each full tensor from a generator of its own); sharded ranks keep their slice."""
+    for name, param in model.named_parameters():
+        full = torch.empty(param.shape, dtype=param.dtype, device=device)
+        model.init_parameter(name, full, seed)
+        copy_full_into(param, full)
+    model.reset_buffers()
