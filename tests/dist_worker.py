@@ -1,0 +1,45 @@
+"""What `lmforge train` does under torchrun, plus a fault: SIGKILL one rank right after a given
+step (after that step's checkpoint, if any), as a crashed node would die. Test-only.
+
+    python -m torch.distributed.run --standalone --nproc-per-node=2 tests/dist_worker.py CONFIG \
+        [--kill-rank R --kill-after-step N] [--override ...]
+"""
+
+import argparse
+import os
+import signal
+
+from lmforge.train.callbacks import Callback, default_callbacks
+from lmforge.train.config import RunConfig
+from lmforge.train.trainer import Trainer
+
+
+class KillRank(Callback):
+    priority = -100  # after the checkpointer
+    name = "kill_rank"
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def post_step(self, trainer, metrics):
+        if trainer.step == self.step and trainer.world.rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--kill-rank", type=int, default=-1)
+    parser.add_argument("--kill-after-step", type=int, default=-1)
+    args, overrides = parser.parse_known_args()
+    cfg = RunConfig.from_yaml(args.config, overrides)
+    callbacks = default_callbacks() + [KillRank(args.kill_rank, args.kill_after_step)]
+    trainer = Trainer(cfg, callbacks=callbacks)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+
+
+if __name__ == "__main__":
+    main()
