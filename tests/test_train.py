@@ -160,3 +160,66 @@ def test_cli_train_with_overrides_inspect_and_plot(token_data, tmp_path, capsys)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
     assert main(["train", str(config), "--trainer.max_stepz=3"]) == 2
     assert "did you mean 'max_steps'" in capsys.readouterr().err
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in metrics(run_dir) if "loss" in r]
+
+
+def test_activation_checkpointing_gives_the_same_steps(token_data, tmp_path):
+    for ac in ("none", "full", "every_k"):
+        data = run_config(token_data, tmp_path / ac, max_steps=3)
+        data["parallel"] = {"activation_checkpointing": ac}
+        Trainer(RunConfig.from_dict(data)).fit()
+    assert losses(tmp_path / "none") == losses(tmp_path / "full") == losses(tmp_path / "every_k")  # bitwise
+
+
+@pytest.mark.slow
+def test_per_block_compile_with_activation_checkpointing(token_data, tmp_path):
+    """The one compile test (~30 s on CPU): blocks compile with fullgraph=True, AC inside."""
+    data = run_config(token_data, tmp_path / "eager", max_steps=3)
+    Trainer(RunConfig.from_dict(data)).fit()
+    data = run_config(token_data, tmp_path / "compiled", max_steps=3)
+    data["parallel"] = {"compile": True, "activation_checkpointing": "full"}
+    Trainer(RunConfig.from_dict(data)).fit()
+    for (step, *eager), (_, *compiled) in zip(losses(tmp_path / "eager"), losses(tmp_path / "compiled")):
+        assert compiled == pytest.approx(eager, rel=1e-5), step
+
+
+def test_malicious_checkpoint_is_refused_and_not_run(token_data, tmp_path):
+    """A shared checkpoint whose DCP metadata is a crafted pickle: resuming from it refuses it
+    in one line, and the payload never runs."""
+    cfg = RunConfig.from_dict(run_config(token_data, tmp_path / "run", max_steps=8))
+    Trainer(cfg).fit()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    (tmp_path / "run" / "checkpoints" / "step-8" / "optim" / ".metadata").write_bytes(pickle.dumps(Payload()))
+    manifest = tmp_path / "run" / "checkpoints" / "step-8" / "manifest.json"  # as a forger would update it
+    data = json.loads(manifest.read_text())
+    data["files"]["optim/.metadata"] = (tmp_path / "run" / "checkpoints" / "step-8" / "optim" / ".metadata").stat().st_size
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(LmforgeError, match=r"optim/\.metadata: refers to posix\.system, which a checkpoint never "
+                                           r"contains; refusing to load it"):
+        Trainer(cfg).prepare_run_dir()
+    assert not marker.exists()
+
+
+def test_callbacks_need_distinct_names(token_data, tmp_path):
+    from lmforge.train.callbacks import Validator
+
+    cfg = RunConfig.from_dict(run_config(token_data, tmp_path / "run", max_steps=1))
+    with pytest.raises(LmforgeError, match=r"two callbacks are named 'validator'"):
+        Trainer(cfg, callbacks=[Validator(), Validator()])
+    second = Validator()
+    second.name = "validator_b"
+    trainer = Trainer(cfg, callbacks=[Validator(), second])
+    trainer.fit()
+    trainer.save_checkpoint()
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-1" / "trainer.json").read_text())
+    assert set(state["callbacks"]) == {"validator", "validator_b"}

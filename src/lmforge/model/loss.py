@@ -78,24 +78,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
             counted = t != IGNORE_INDEX
             safe_t = torch.where(counted, t, 0)  # ignored rows gather id 0, then are masked out
             logits = (h @ w.T).to(acc)  # (C, V) fp32: the peak extra memory
-            lse = torch.logsumexp(logits, dim=-1)  # (C,), the only reduction over V
             target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)  # (C,)
+            # logsumexp by hand, so exp runs once and its result becomes the softmax below:
+            # every pass over the (C, V) buffer is in place (amax, sub, exp, sum, scale).
+            peak = logits.amax(dim=-1, keepdim=True)  # (C, 1)
+            probs = logits.sub_(peak).exp_()  # (C, V) exp(logits - max)
+            total = probs.sum(dim=-1)  # (C,)
+            lse = peak.squeeze(1) + total.log()  # (C,), the only reduction over V
             ce += torch.where(counted, lse - target_logit, 0.0).sum()
             if z_loss_weight:
                 z += z_loss_weight * torch.where(counted, lse.square(), 0.0).sum()
             if not (need_h or need_w):
                 continue
             # d(ce + z)/dlogits = softmax·(1 + 2·w·lse) − onehot(target), zero on ignored rows.
-            # Built in place in the logits buffer so the chunk never holds two (C, V) tensors.
-            dlogits = logits.sub_(lse[:, None]).exp_()  # (C, V) softmax
-            dlogits.mul_(torch.where(counted, 1.0 + 2.0 * z_loss_weight * lse, 0.0)[:, None])
+            scale = torch.where(counted, (1.0 + 2.0 * z_loss_weight * lse) / total, 0.0)  # (C,)
+            dlogits = probs.mul_(scale[:, None])  # (C, V), still the same buffer
             rows = torch.arange(len(t), device=t.device)
-            dlogits[rows, safe_t] -= counted.float()  # ignored rows subtract 0 at id 0
+            dlogits[rows, safe_t] -= counted.to(acc)  # ignored rows subtract 0 at id 0
             dlogits = dlogits.to(hidden.dtype)  # the backward matmuls run in the input dtype too
             if need_h:
-                grad_h[start : start + chunk_tokens] = dlogits @ w  # (C, D)
+                torch.mm(dlogits, w, out=grad_h[start : start + chunk_tokens])  # (C, D)
             if need_w:
-                grad_w += dlogits.T @ h  # (V, D), summed over chunks in fp32
+                if dlogits.dtype == acc:
+                    grad_w.addmm_(dlogits.T, h)  # (V, D), summed over chunks in place
+                else:
+                    grad_w += dlogits.T @ h  # bf16 matmul, summed over chunks in fp32
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(ce, z)

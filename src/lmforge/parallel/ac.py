@@ -7,7 +7,7 @@ parameter names (and so checkpoints and exports) do not depend on this setting.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -20,6 +20,15 @@ def apply_ac(model: nn.Module, mode: str, every: int = 1) -> int:
     count = 0
     for i, block in enumerate(model.blocks):
         if mode == "full" or i % every == 0:
-            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+            block.forward = checkpointed(block.forward)
             count += 1
     return count
+
+
+def checkpointed(forward: Callable) -> Callable:
+    # A plain function (not functools.partial) so torch.compile traces into it and turns
+    # the checkpoint into its own recomputation region.
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run

@@ -35,9 +35,10 @@ class ParallelConfig(Config):
     """With activation_checkpointing: every_k, checkpoint blocks 0, k, 2k, …"""
     compile: bool = False
     """torch.compile each block (costs ~20 s per distinct block shape on CPU, more on GPU)."""
-    loss_chunk_tokens: int = 4096
+    loss_chunk_tokens: int = -1
     """Tokens per chunk of the fused head + cross-entropy + z-loss, so the fp32 logits of the
     whole micro-batch are never materialised (peak extra memory chunk × vocab × 4 bytes).
+    -1 = auto (1024 on CPU, where a cache-sized chunk is fastest; 4096 on GPU);
     0 = materialise the logits and use the plain loss (for comparison)."""
     prefetch_batches: int = 2
     """Batches a background thread reads ahead (memmap reads, repetition mask, pinning)."""
@@ -47,6 +48,11 @@ class ParallelConfig(Config):
         require(self.dp_shard == -1 or self.dp_shard >= 1, "parallel.dp_shard",
                 f"must be ≥ 1, or -1 for all ranks of a replica group; got {self.dp_shard}")
         require(self.ac_every >= 1, "parallel.ac_every", f"must be ≥ 1, got {self.ac_every}")
-        require(self.loss_chunk_tokens >= 0, "parallel.loss_chunk_tokens",
-                f"must be ≥ 0 (0 = no chunking), got {self.loss_chunk_tokens}")
+        require(self.loss_chunk_tokens >= -1, "parallel.loss_chunk_tokens",
+                f"must be a token count, 0 (no chunking) or -1 (auto); got {self.loss_chunk_tokens}")
+
+    def loss_chunk_for(self, device_type: str) -> int:
+        if self.loss_chunk_tokens != -1:
+            return self.loss_chunk_tokens
+        return 4096 if device_type == "cuda" else 1024
         require(self.prefetch_batches >= 0, "parallel.prefetch_batches", f"must be ≥ 0, got {self.prefetch_batches}")

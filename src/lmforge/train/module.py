@@ -40,6 +40,7 @@ class TrainModule:
         self.model = model
         self.optimizer = build_optimizer(model, cfg.optim, fused=self.device.type == "cuda")
         self.micro_batch_size = cfg.trainer.micro_batch_size
+        self.loss_chunk_tokens = cfg.parallel.loss_chunk_for(self.device.type)
         # FSDP averages gradients over the data-parallel ranks; our loss is already a mean
         # over the global batch's tokens, so each rank's loss is scaled up by that count.
         self.grad_scale = world.size if world.mesh is not None else 1
@@ -73,14 +74,14 @@ class TrainModule:
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> LossParts:
         return self.model(inputs, targets=targets, z_loss_weight=self.cfg.optim.z_loss,
-                          loss_chunk_tokens=self.cfg.parallel.loss_chunk_tokens)
+                          loss_chunk_tokens=self.loss_chunk_tokens)
 
     @torch.no_grad()
     def eval_sums(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[summed cross-entropy, counted tokens] of one micro-batch, on the device (not reduced)."""
         self.model.eval()
         parts = self.model(inputs.to(self.device), targets=targets.to(self.device),
-                           loss_chunk_tokens=self.cfg.parallel.loss_chunk_tokens)
+                           loss_chunk_tokens=self.loss_chunk_tokens)
         self.model.train()
         return torch.stack([parts.ce.float(), parts.n_tokens.float()])
 
