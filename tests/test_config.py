@@ -3,6 +3,7 @@
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -91,3 +92,22 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "not an lmforge model checkpoint" in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_run_configs_load(path):
+    from lmforge.train.config import RunConfig
+
+    cfg = RunConfig.from_yaml(path)
+    cfg.check_world_size(1)
+    assert cfg.max_steps > 0
+
+
+def test_parallel_settings_are_checked():
+    from lmforge.parallel.config import ParallelConfig
+
+    with pytest.raises(ConfigError, match=r"^parallel.activation_checkpointing: 'some' is not allowed; choose one of "
+                                          r"'none', 'full', 'every_k'"):
+        ParallelConfig.from_dict({"activation_checkpointing": "some"}, where="parallel.")
+    with pytest.raises(ConfigError, match=r"^parallel.dp_shard: must be ≥ 1, or -1"):
+        ParallelConfig(dp_shard=0)

@@ -95,7 +95,7 @@ def test_hsdp_four_ranks_with_activation_checkpointing(token_data, tmp_path, ref
     assert_same_curve(reference, rows(tmp_path / "run"))
 
 
-def kill_then_resume(token_data, tmp_path, *, first: int, then: int, kill_rank: int):
+def kill_then_resume(token_data, tmp_path, *, first: int, then: int, kill_rank: int, relaunch_overrides=()):
     """Train on `first` ranks, SIGKILL rank `kill_rank` after step 6 (checkpoint at 4),
     relaunch the CLI on `then` ranks."""
     run_dir = tmp_path / "run"
@@ -108,7 +108,7 @@ def kill_then_resume(token_data, tmp_path, *, first: int, then: int, kill_rank: 
     assert killed.returncode != 0, "the run was not killed"
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-4"
     assert max(r["step"] for r in rows(run_dir)) == 6  # steps 5 and 6 were logged, then lost
-    resumed = lmforge_train(then, cfg)
+    resumed = lmforge_train(then, cfg, *relaunch_overrides)
     assert f"resumed from {run_dir / 'checkpoints' / 'step-4'} (step 4" in resumed.stderr
     return rows(run_dir)
 
@@ -117,8 +117,13 @@ def test_checkpoint_from_two_ranks_resumes_on_one_after_a_rank_is_killed(token_d
     assert_same_curve(reference, kill_then_resume(token_data, tmp_path, first=2, then=1, kill_rank=1))
 
 
-def test_checkpoint_from_one_rank_resumes_on_two(token_data, tmp_path, reference):
-    assert_same_curve(reference, kill_then_resume(token_data, tmp_path, first=1, then=2, kill_rank=0))
+def test_checkpoint_from_one_rank_resumes_on_two_with_background_saves(token_data, tmp_path, reference):
+    curve = kill_then_resume(token_data, tmp_path, first=1, then=2, kill_rank=0,
+                             relaunch_overrides=["--trainer.async_checkpoint=true"])
+    assert_same_curve(reference, curve)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step-16"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-12", "step-16", "step-4", "step-8"]
 
 
 def test_export_and_consolidate_read_a_sharded_checkpoint(token_data, tmp_path):

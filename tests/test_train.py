@@ -223,3 +223,25 @@ def test_callbacks_need_distinct_names(token_data, tmp_path):
     trainer.save_checkpoint()
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-1" / "trainer.json").read_text())
     assert set(state["callbacks"]) == {"validator", "validator_b"}
+
+
+def test_background_checkpoints_match_blocking_ones(token_data, tmp_path):
+    """trainer.async_checkpoint: the same steps, and checkpoints with the same contents."""
+    import torch
+
+    from lmforge.model.io import load_model
+
+    for mode in ("blocking", "background"):
+        cfg = RunConfig.from_dict(run_config(token_data, tmp_path / mode, max_steps=12,
+                                             async_checkpoint=mode == "background"))
+        Trainer(cfg).fit()
+    keys = ("step", "loss", "z_loss", "grad_norm", "val_loss", "batch_crc")
+    trained = {mode: [[row.get(k) for k in keys] for row in metrics(tmp_path / mode)] for mode in ("blocking", "background")}
+    assert trained["blocking"] == trained["background"]
+    for step in (8, 12):  # 8 was sealed when 12 began, 12 when training ended
+        a = load_model(tmp_path / "blocking" / "checkpoints" / f"step-{step}")
+        b = load_model(tmp_path / "background" / "checkpoints" / f"step-{step}")
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), (step, name)
+    assert (tmp_path / "background" / "checkpoints" / "latest").read_text().strip() == "step-12"
+    assert not list((tmp_path / "background" / "checkpoints").glob(".*partial"))

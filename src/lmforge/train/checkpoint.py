@@ -24,6 +24,8 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +74,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # -- sharded state (collective: every rank calls these) ------------------------------------------------
 
 
-def save_state(folder: Path, state: dict[str, dict[str, Any]]) -> None:
-    """Each top-level entry of `state` (e.g. 'model', 'optim') into its own DCP folder."""
+def save_state(folder: Path, state: dict[str, dict[str, Any]], *, background: bool = False,
+               process_groups: dict[str, Any] | None = None) -> list[Future]:
+    """Each top-level entry of `state` (e.g. 'model', 'optim') into its own DCP folder.
+
+    With `background`, the tensors are copied to host memory now and written by threads
+    (`dcp.async_save`), so training goes on; the returned futures say when the files are
+    written. `process_groups[key]` is the group the thread writing `key` uses for its
+    collectives: one gloo group per entry, because the entries' threads run at the same time
+    and collectives of two threads on one group would pair up differently on each rank."""
+    futures = []
     for key, value in state.items():
         with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
             warnings.filterwarnings("ignore", message=".*single process.*")
-            dcp.save(value, checkpoint_id=folder / key)
+            if background:
+                group = (process_groups or {}).get(key)
+                result = dcp.async_save(value, checkpoint_id=folder / key, process_group=group)
+                futures.append(getattr(result, "upload_completion", result))  # 2.13 may return a response object
+            else:
+                dcp.save(value, checkpoint_id=folder / key)
+    return futures
 
 
 def load_state(folder: Path, state: dict[str, dict[str, Any]]) -> None:
@@ -89,28 +105,50 @@ def load_state(folder: Path, state: dict[str, dict[str, Any]]) -> None:
 # -- atomic folders -------------------------------------------------------------------------------------
 
 
-def write_checkpoint(root: Path, step: int, world: World, write_all: Callable[[Path], None],
-                     write_main: Callable[[Path], None]) -> Path:
-    """Create `root/step-{step}` atomically. Every rank calls this: `write_all(folder)` runs on
-    every rank (collective writes), `write_main(folder)` on rank 0 only."""
-    final = root / f"step-{step}"
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint whose files are (being) written into `staging`, not yet visible."""
+
+    root: Path
+    step: int
+    staging: Path
+    writes: list[Future] = field(default_factory=list)
+
+    @property
+    def final(self) -> Path:
+        return self.root / f"step-{self.step}"
+
+
+def begin_checkpoint(root: Path, step: int, world: World, write_all: Callable[[Path], list[Future]],
+                     write_main: Callable[[Path], None]) -> PendingCheckpoint:
+    """Start `root/step-{step}`. Every rank calls this: `write_all(folder)` runs on every rank
+    (collective writes; it returns the futures of writes still running in the background),
+    `write_main(folder)` on rank 0 only. Nothing is visible until `finish_checkpoint`."""
     staging = root / f".step-{step}.partial"
     if world.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     world.barrier()
-    write_all(staging)
+    writes = write_all(staging)
     if world.is_main:
         write_main(staging)
+    return PendingCheckpoint(root, step, staging, writes)
+
+
+def finish_checkpoint(pending: PendingCheckpoint, world: World) -> Path:
+    """Wait for the writes, then rank 0 seals the folder, renames it and moves `latest`."""
+    for write in pending.writes:
+        write.result()
     world.barrier()  # every rank's files are written
+    final = pending.final
     if world.is_main:
-        _seal(staging, step)
+        _seal(pending.staging, pending.step)
         if final.exists():
             shutil.rmtree(final)
-        os.replace(staging, final)
-        fsync_dir(root)
-        atomic_write(root / LATEST, final.name + "\n", durable=True)
+        os.replace(pending.staging, final)
+        fsync_dir(pending.root)
+        atomic_write(pending.root / LATEST, final.name + "\n", durable=True)
     world.barrier()  # nobody moves on (or dies) believing a checkpoint exists before it does
     return final
 

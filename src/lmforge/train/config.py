@@ -84,6 +84,10 @@ class TrainerConfig(Config):
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     """Complete checkpoints kept; older ones are deleted (0 keeps all)."""
+    async_checkpoint: bool = False
+    """Write checkpoints in a background thread (`dcp.async_save`): the step only waits for the
+    tensors to be copied to host memory. A checkpoint becomes `latest` when the next one
+    starts or training ends, so a crash loses at most one more interval."""
 
     def validate(self) -> None:
         for name in ("batch_tokens", "micro_batch_size", "log_every", "eval_every", "checkpoint_every"):

@@ -39,7 +39,8 @@ TRAINER_STATE = "trainer.json"
 # Fields a resumed run may change: they affect bookkeeping or how the numbers are computed
 # (the world size, AC, compile), never what is trained.
 RESUME_MAY_CHANGE = {
-    *(f"trainer.{k}" for k in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints")),
+    *(f"trainer.{k}" for k in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+                               "async_checkpoint")),
     *(f"parallel.{k}" for k in ("device", "dp_replicate", "dp_shard", "activation_checkpointing", "ac_every",
                                  "compile", "loss_chunk_tokens", "prefetch_batches")),
 }
@@ -96,6 +97,8 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.max_steps = cfg.max_steps
+        self.pending: ckpt.PendingCheckpoint | None = None
+        self._async_groups: dict | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -119,6 +122,7 @@ class Trainer:
         batches.close()
         for cb in self.callbacks:
             cb.on_train_end(self, metrics)
+        self.finish_checkpoint()
         return metrics
 
     def callback(self, name: str) -> Callback:
@@ -172,12 +176,18 @@ class Trainer:
         atomic_write(path, "".join(r + "\n" for r in kept))
 
     def save_checkpoint(self) -> Path:
-        rank = self.world.rank
+        """Write a checkpoint of this step; with trainer.async_checkpoint its tensors are
+        written in the background and it becomes `latest` when the next one starts (or at the
+        end of training). Returns the folder it has (or will have)."""
+        rank, background = self.world.rank, self.cfg.trainer.async_checkpoint
+        self.finish_checkpoint()  # at most one checkpoint in flight
 
-        def write_all(folder: Path) -> None:  # every rank: its shards and its RNG
-            ckpt.save_state(folder, self.module.state_dict())
+        def write_all(folder: Path) -> list:  # every rank: its shards and its RNG
             (folder / "rng").mkdir(exist_ok=True)
             (folder / "rng" / f"rank-{rank}.json").write_text(json.dumps(ckpt.rng_state()))
+            state = self.module.state_dict()
+            return ckpt.save_state(folder, state, background=background,
+                                   process_groups=self._checkpoint_groups(list(state)) if background else None)
 
         def write_main(folder: Path) -> None:  # rank 0: the small files
             state = {
@@ -193,10 +203,30 @@ class Trainer:
             if self.tokenizer is not None:
                 self.tokenizer.save(folder / TOKENIZER_FILE)
 
-        path = ckpt.write_checkpoint(self.checkpoint_root, self.step, self.world, write_all, write_main)
+        self.pending = ckpt.begin_checkpoint(self.checkpoint_root, self.step, self.world, write_all, write_main)
+        if not background:
+            self.finish_checkpoint()
+        return self.checkpoint_root / f"step-{self.step}"
+
+    def finish_checkpoint(self) -> None:
+        """Make the checkpoint in flight (if any) complete and `latest`; prune old ones."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        ckpt.finish_checkpoint(pending, self.world)
         if self.world.is_main:
             ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints)
-        return path
+
+    def _checkpoint_groups(self, keys: list[str]) -> dict:
+        """A gloo group per state entry for background writes (created once, by all ranks at
+        the same step, in the same order), so their collectives never pair up with training's
+        or with each other's."""
+        if self._async_groups is None:
+            import torch.distributed as dist
+
+            distributed = self.world.distributed
+            self._async_groups = {key: dist.new_group(backend="gloo") if distributed else None for key in keys}
+        return self._async_groups
 
     def load_checkpoint(self, folder: Path) -> None:
         self.check_checkpoint_model(folder)
