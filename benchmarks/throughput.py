@@ -159,7 +159,7 @@ def sdpa_backends(args, device: torch.device) -> dict[str, float | str]:
 def max_micro_batch(args, world, ac: str) -> int:
     """Largest micro-batch (doubling from 1, then one bisection step) whose step fits in memory."""
     def fits(mbs: int) -> bool:
-        trial = argparse.Namespace(**{**vars(args), "micro_batch": mbs})
+        trial = argparse.Namespace(**{**vars(args), "micro_batch": mbs, "compile": False})
         try:
             step, info = lmforge_case(trial, world, activation_checkpointing=ac)
             step()
@@ -191,7 +191,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="rounds, cases alternating (default 1 GPU, 5 CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile both (default: on GPU only)")
-    parser.add_argument("--find-max-micro-batch", action="store_true", help="GPU: largest micro-batch with/without AC")
+    parser.add_argument("--cases", default="lmforge,no-z-loss,materialised,transformers",
+                        help="comma list of: lmforge, no-z-loss, materialised, transformers")
+    parser.add_argument("--find-max-micro-batch", action="store_true",
+                        help="GPU: largest micro-batch with/without AC (searched eagerly: no recompiles per size)")
     parser.add_argument("--olmo-core", type=Path, help="JSON written by olmo_core_throughput.py on this machine")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -214,12 +217,17 @@ def main() -> int:
     print(f"{name}, torch {torch.__version__}: {args.preset}, seq {args.seq}, micro-batch {args.micro_batch}, "
           f"compile {args.compile}, {args.steps} steps × {args.repeats} rounds after {args.warmup} warm-up")
 
-    cases: dict[str, Callable[[], tuple[Step, dict]]] = {
-        "lmforge": lambda: lmforge_case(args, world),
-        "lmforge no z-loss": lambda: lmforge_case(args, world, z_loss=0.0),
-        "lmforge materialised logits": lambda: lmforge_case(args, world, loss_chunk_tokens=0),
-        "transformers (no z-loss)": lambda: transformers_case(args, device),
+    every_case: dict[str, tuple[str, Callable[[], tuple[Step, dict]]]] = {
+        "lmforge": ("lmforge", lambda: lmforge_case(args, world)),
+        "no-z-loss": ("lmforge no z-loss", lambda: lmforge_case(args, world, z_loss=0.0)),
+        "materialised": ("lmforge materialised logits", lambda: lmforge_case(args, world, loss_chunk_tokens=0)),
+        "transformers": ("transformers (no z-loss)", lambda: transformers_case(args, device)),
     }
+    chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in every_case]
+    if unknown or "lmforge" not in chosen:
+        parser.error(f"--cases: {', '.join(unknown) or 'lmforge is required'}; choose from {', '.join(every_case)}")
+    cases = dict(every_case[c] for c in chosen)
     # On GPU one case lives at a time (memory), its rounds back to back; on CPU all are built
     # first and the rounds alternate between cases, so machine noise hits all alike.
     seconds: dict[str, list[float]] = {case: [] for case in cases}
@@ -264,11 +272,12 @@ def main() -> int:
         mem = f"{row['peak_mem_gib']:.1f}" if row["peak_mem_gib"] is not None else "-"
         print(f"{case:<30} {rate:>11,.0f} {mfu989:>9} {row['mfu_vs_matmul']:>11.1%} {mem:>9}")
     rates = {case: r["tokens_per_s"] for case, r in result["cases"].items()}
-    ratios = {
-        "lmforge / transformers": rates["lmforge"] / rates["transformers (no z-loss)"],
-        "z-loss cost (1 - with / without)": 1 - rates["lmforge"] / rates["lmforge no z-loss"],
-        "fused loss / materialised logits": rates["lmforge"] / rates["lmforge materialised logits"],
-    }
+    ratios = {}
+    for label, other, cost in (("lmforge / transformers", "transformers (no z-loss)", False),
+                               ("z-loss cost (1 - with / without)", "lmforge no z-loss", True),
+                               ("fused loss / materialised logits", "lmforge materialised logits", False)):
+        if other in rates:
+            ratios[label] = 1 - rates["lmforge"] / rates[other] if cost else rates["lmforge"] / rates[other]
     if args.olmo_core and args.olmo_core.exists():
         peer = json.loads(args.olmo_core.read_text())
         oc = next((v["tokens_per_s"] for k, v in peer.items() if k.startswith("olmo_core_") and isinstance(v, dict)), None)

@@ -3,10 +3,13 @@ serves all of them, and compile time does not grow with depth (torchtitan's appr
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
 def apply_compile(model: nn.Module) -> None:
-    # nn.Module.compile() compiles in place: parameter names keep no `_orig_mod.` prefix.
+    # The block's forward is compiled, not its __call__: FSDP's hooks (all-gather before,
+    # reshard after) stay outside the compiled graph, as with torchtitan's wrapped blocks,
+    # and parameter names keep no `_orig_mod.` prefix.
     for block in model.blocks:
-        block.compile(fullgraph=True)
+        block.forward = torch.compile(block.forward, fullgraph=True)
