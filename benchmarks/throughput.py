@@ -86,7 +86,8 @@ def transformers_case(args, device: torch.device) -> tuple[Step, dict]:
     cfg = ModelConfig.preset(args.preset, max_seq_len=max(args.seq, 16), **({"vocab_size": args.vocab} if args.vocab else {}))
     hcfg = hf_config(cfg, eos_token_id=0, pad_token_id=1, dtype=torch.float32)
     hcfg["vocab_size"] = cfg.padded_vocab_size  # the same matmul shapes as ours
-    model = Olmo2ForCausalLM(Olmo2Config(**hcfg, attn_implementation="sdpa")).to(device)
+    with torch.device(device):  # initialise where it trains (a 1B model inits slowly on the host)
+        model = Olmo2ForCausalLM(Olmo2Config(**hcfg, attn_implementation="sdpa"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
     forward = torch.compile(model) if args.compile else model
     tokens = random_batch(cfg.vocab_size, args.micro_batch, args.seq).inputs.to(device)
