@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--kill-after-step", type=int, default=-1)
     args, overrides = parser.parse_known_args()
     cfg = RunConfig.from_yaml(args.config, overrides)
-    callbacks = default_callbacks() + [KillRank(args.kill_rank, args.kill_after_step)]
+    callbacks = default_callbacks(cfg) + [KillRank(args.kill_rank, args.kill_after_step)]
     trainer = Trainer(cfg, callbacks=callbacks)
     try:
         trainer.fit()

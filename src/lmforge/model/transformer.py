@@ -8,12 +8,15 @@ OLMo 2 is a Llama-style decoder with three changes (OLMo 2 paper, section 3):
 
 Everything here is plain math on one device: parallelism (FSDP, compile, activation
 checkpointing) wraps this module from `lmforge.parallel` and never reaches inside.
-Shapes in comments: B batch, T sequence, D d_model, H heads, K kv heads, d head_dim, V vocab.
+Shapes in comments: B batch, T sequence, D d_model, H heads, K kv heads, d head_dim, V vocab,
+S keys attended to (cached plus new tokens) when sampling with a `KVCache`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +68,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+# -- the KV cache ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far, for sampling one token at a time.
+
+    Preallocated per layer, (B, K, max_len, d) each: keys are stored after QK-norm and RoPE,
+    and before the GQA repeat, so a cache is K/H the size of the attention it feeds. `length`
+    counts the tokens already written; the next forward's tokens sit at positions length,
+    length + 1, … Only sampling uses it: the training path never passes a cache.
+    """
+
+    k: list[torch.Tensor]  # n_layers × (B, K, max_len, d)
+    v: list[torch.Tensor]  # n_layers × (B, K, max_len, d)
+    length: int = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+    def slot(self, layer: int) -> KVSlot:
+        return KVSlot(self.k[layer], self.v[layer], self.length)
+
+
+class KVSlot(NamedTuple):
+    """One layer's view of a `KVCache`: its buffers and where the new tokens are written."""
+
+    k: torch.Tensor  # (B, K, max_len, d)
+    v: torch.Tensor  # (B, K, max_len, d)
+    start: int  # tokens already cached; T new ones go to start … start + T - 1
+
+
 # -- the block ------------------------------------------------------------------------------
 
 
@@ -83,17 +119,31 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(q_dim, cfg.norm_eps, device=device)
         self.k_norm = RMSNorm(kv_dim, cfg.norm_eps, device=device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, cache: KVSlot | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_norm(self.wq(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_norm(self.wk(x)).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, is_causal = None, True
+        if cache is not None:
+            start, end = cache.start, cache.start + T
+            cache.k[:, :, start:end], cache.v[:, :, start:end] = k, v
+            k, v = cache.k[:, :, :end].to(q.dtype), cache.v[:, :, :end].to(q.dtype)  # (B, K, S, d), S = end
+            if start > 0:
+                # SDPA's is_causal aligns the mask top-left, which is right only for T == S. New
+                # token i sits at position start + i and sees keys 0 … start + i: bottom-right.
+                # One decoding token (T = 1) sees every key, so it needs no mask at all.
+                is_causal = False
+                if T > 1:
+                    mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)  # (T, S)
         if self.n_kv_heads != self.n_heads:
             # Each kv head serves H/K consecutive query heads (what transformers' repeat_kv does).
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, d)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
 
@@ -120,8 +170,10 @@ class OLMo2Block(nn.Module):
         self.mlp = MLP(cfg, device=device)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, device=device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn_norm(self.attn(x, cos, sin))
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, cache: KVSlot | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn_norm(self.attn(x, cos, sin, cache=cache))
         return x + self.mlp_norm(self.mlp(x))
 
 
@@ -187,6 +239,19 @@ class Transformer(nn.Module):
         `to_empty` or a `load_state_dict(assign=True)` onto a meta-built model)."""
         self.rope_inv_freq = rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta, self.embed.weight.device)
 
+    def new_cache(
+        self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None, device=None
+    ) -> KVCache:
+        """An empty `KVCache` for `batch` rows of up to `max_len` tokens (default: max_seq_len),
+        in the dtype and on the device of the weights unless told otherwise."""
+        max_len = self.cfg.max_seq_len if max_len is None else max_len
+        dtype = self.embed.weight.dtype if dtype is None else dtype
+        device = self.embed.weight.device if device is None else device
+        shape = (batch, self.cfg.kv_heads, max_len, self.cfg.head_dim)  # (B, K, max_len, d)
+        n = self.cfg.n_layers
+        return KVCache(k=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+                       v=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)])
+
     @property
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.head is None else self.head.weight  # (V, D)
@@ -199,18 +264,28 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         z_loss_weight: float = 0.0,
         loss_chunk_tokens: int = 0,
+        cache: KVCache | None = None,
     ) -> torch.Tensor | LossParts:
         """Logits (B, T, V), or with `targets` (B, T) the summed loss parts (nanoGPT's
         `forward(idx, targets)`): with `loss_chunk_tokens` > 0 the head, cross-entropy and
         z-loss run fused over chunks of tokens and the logits are never materialised.
-        The loss is computed inside forward so that a sharded head is gathered for it."""
+        The loss is computed inside forward so that a sharded head is gathered for it.
+
+        With a `cache` (sampling), `tokens` are the ones after the `cache.length` already
+        cached: they take positions from cache.length on, attend to the cached keys and
+        causally among themselves, and are appended to the cache."""
         B, T = tokens.shape
+        start = 0 if cache is None else cache.length
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache overflow: {start} cached + {T} new tokens > max_len={cache.max_len}")
         if positions is None:
-            positions = torch.arange(T, device=tokens.device)
+            positions = torch.arange(start, start + T, device=tokens.device)
         cos, sin = rope_cos_sin(positions, self.rope_inv_freq)  # (T, d) each
         x = self.embed(tokens)  # (B, T, D)
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin) if cache is None else block(x, cos, sin, cache=cache.slot(i))
+        if cache is not None:
+            cache.length += T
         x = self.norm(x)
         if targets is None:
             return F.linear(x, self.head_weight)  # (B, T, V)

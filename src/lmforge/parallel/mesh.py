@@ -52,6 +52,14 @@ class World:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_gather_object(self, obj) -> list:
+        """Every rank's `obj`, in rank order (small host values only)."""
+        if not (self.distributed and self.size > 1):
+            return [obj]
+        out: list = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_object(self, obj):
         """Rank 0's `obj` on every rank (for small host values, e.g. a decision to stop)."""
         if not (self.distributed and self.size > 1):

@@ -25,6 +25,7 @@ from lmforge.data.dataset import IGNORE_INDEX
 from lmforge.model.size import flops_per_token
 
 if TYPE_CHECKING:
+    from lmforge.train.config import RunConfig
     from lmforge.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class Callback:
     def on_train_start(self, trainer: Trainer) -> None: ...
 
     def pre_step(self, trainer: Trainer, batch) -> None: ...
+
+    def pre_optim_step(self, trainer: Trainer, batch, metrics: dict[str, Any]) -> bool:
+        """After backward, before the optimizer step, with the step's loss and gradient norm
+        (device tensors; reading them syncs). Return False to skip the step."""
+        return True
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
@@ -169,19 +175,23 @@ class MetricsLogger(Callback):
 
 
 class Checkpointer(Callback):
-    """Saves every `checkpoint_every` steps and at the end (see `train.checkpoint`)."""
+    """Saves every `checkpoint_every` steps, at each of `keep_steps`, and at the end (see
+    `train.checkpoint`)."""
 
     priority = 0
     name = "checkpointer"
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        every = trainer.cfg.trainer.checkpoint_every
-        if trainer.step % every == 0 or trainer.step == trainer.max_steps:
+        t = trainer.cfg.trainer
+        if trainer.step % t.checkpoint_every == 0 or trainer.step == trainer.max_steps or trainer.step in t.keep_steps:
             trainer.save_checkpoint()
 
 
-def default_callbacks() -> list[Callback]:
-    return [SpeedMonitor(), Validator(), MetricsLogger(), Checkpointer()]
+def default_callbacks(cfg: RunConfig) -> list[Callback]:
+    from lmforge.train.spikes import SpikeMonitor
+
+    spikes = [SpikeMonitor(cfg.spikes)] if cfg.spikes.enabled else []
+    return [SpeedMonitor(), Validator(), *spikes, MetricsLogger(), Checkpointer()]
 
 
 def _plain(value: Any) -> Any:

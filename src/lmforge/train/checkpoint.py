@@ -23,7 +23,7 @@ import random
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,13 +209,16 @@ def find_resumable(root: Path, *, quiet: bool = False) -> Path | None:
     return None
 
 
-def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints (0 keeps everything)."""
+def prune(root: Path, keep: int, keep_steps: Iterable[int] = ()) -> None:
+    """Delete all but the newest `keep` complete checkpoints (0 keeps everything), never
+    those of `keep_steps`."""
     if keep <= 0:
         return
-    complete = [p for _, p in step_dirs(root) if check_complete(p) is None]
-    for folder in complete[keep:]:
-        shutil.rmtree(folder, ignore_errors=True)
+    pinned = set(keep_steps)
+    complete = [(step, p) for step, p in step_dirs(root) if check_complete(p) is None]
+    for step, folder in complete[keep:]:
+        if step not in pinned:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_json(path: Path) -> Any:

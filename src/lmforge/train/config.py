@@ -12,6 +12,7 @@ from typing import Literal
 from lmforge.config import Config, require
 from lmforge.model.config import ModelConfig
 from lmforge.parallel.config import ParallelConfig
+from lmforge.train.spikes import SpikeConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -84,6 +85,14 @@ class TrainerConfig(Config):
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     """Complete checkpoints kept; older ones are deleted (0 keeps all)."""
+    keep_steps: list[int] = dataclasses.field(default_factory=list)
+    """Also checkpoint at these steps, and never prune those checkpoints (e.g. to soup them)."""
+    init_from: Path | None = None
+    """Start a new run from this checkpoint's weights (a training checkpoint, or a consolidated
+    or souped model folder): mid-training anneals, continued pretraining. Ignored once the run
+    has checkpoints of its own to resume from."""
+    init_optimizer: bool = False
+    """With init_from: also take the optimizer state (a training checkpoint's)."""
     async_checkpoint: bool = False
     """Write checkpoints in a background thread (`dcp.async_save`): the step only waits for the
     tensors to be copied to host memory. A checkpoint becomes `latest` when the next one
@@ -93,6 +102,9 @@ class TrainerConfig(Config):
         for name in ("batch_tokens", "micro_batch_size", "log_every", "eval_every", "checkpoint_every"):
             require(getattr(self, name) > 0, f"trainer.{name}", f"must be positive, got {getattr(self, name)}")
         require(self.keep_checkpoints >= 0, "trainer.keep_checkpoints", "must be ≥ 0")
+        require(all(s > 0 for s in self.keep_steps), "trainer.keep_steps", f"steps count from 1, got {self.keep_steps}")
+        require(self.init_from is not None or not self.init_optimizer, "trainer.init_optimizer",
+                "needs trainer.init_from (the checkpoint whose optimizer state to take)")
         require(
             (self.max_steps is None) != (self.max_tokens is None),
             "trainer.max_steps",
@@ -107,6 +119,7 @@ class RunConfig(Config):
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     trainer: TrainerConfig
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    spikes: SpikeConfig = dataclasses.field(default_factory=SpikeConfig)
     tokenizer: Path | None = None
     """tokenizer.json the data was made with; copied into checkpoints and exports."""
 

@@ -10,6 +10,7 @@ spreads it over its trainer and train spec.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from lmforge.data.dataset import Batch
+from lmforge.data.dataset import IGNORE_INDEX, Batch
 from lmforge.model.loss import LossParts
 from lmforge.parallel import World, parallelize
 from lmforge.parallel.fsdp import clip_grad_norm, copy_full_into, set_gradient_sync
@@ -46,10 +47,15 @@ class TrainModule:
         self.grad_scale = world.size if world.mesh is not None else 1
 
     # -- one optimizer step ---------------------------------------------------------------------------
-    def train_batch(self, batch: Batch, lr: float) -> dict[str, torch.Tensor]:
+    def train_batch(self, batch: Batch, lr: float,
+                    before_step: Callable[[dict[str, torch.Tensor]], bool] | None = None) -> dict[str, torch.Tensor]:
         """Forward/backward every micro-batch of this rank's rows, clip, step. Returns the
-        global batch's loss, z-loss, gradient norm and masked instances, as device tensors
-        (no host sync: the logger reads them on logging steps only)."""
+        global batch's loss, z-loss, gradient norm (before clipping) and masked instances, as
+        device tensors (no host sync: the logger reads them on logging steps only).
+
+        `before_step(metrics)` sees those metrics after backward and before the optimizer
+        step; if it returns False the step is skipped (gradients dropped, optimizer state
+        untouched), as OLMo-core's skip-step does for loss spikes."""
         set_lr(self.optimizer, lr)
         model, mb = self.model, self.micro_batch_size
         inputs = batch.inputs.to(self.device, non_blocking=True)
@@ -67,10 +73,31 @@ class TrainModule:
             ((parts.ce + parts.z) * (self.grad_scale / n_tokens)).backward()
             sums += torch.stack([parts.ce.detach(), parts.z.detach()])
         grad_norm = clip_grad_norm(model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         sums = self.world.all_reduce_sum(sums) / n_tokens
-        return {"loss": sums[0], "z_loss": sums[1], "grad_norm": grad_norm, "masked_instances": counts[1]}
+        metrics = {"loss": sums[0], "z_loss": sums[1], "grad_norm": grad_norm, "masked_instances": counts[1]}
+        if before_step is None or before_step(metrics):
+            self.optimizer.step()
+        else:
+            metrics["skipped_step"] = 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return metrics
+
+    @torch.no_grad()
+    def token_losses(self, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of every target token of this rank's rows, (B, T) fp32 on the host
+        (0 where the target is ignored), with the current weights. For attributing a loss
+        spike to the documents of its batch; every rank must call it (FSDP gathers)."""
+        self.model.eval()
+        out = []
+        for start in range(0, len(batch.inputs), self.micro_batch_size):
+            inputs = batch.inputs[start : start + self.micro_batch_size].to(self.device)
+            targets = batch.targets[start : start + self.micro_batch_size].to(self.device)
+            logits = self.model(inputs).float()  # (b, T, V): one micro-batch at a time
+            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                                                       reduction="none")
+            out.append(losses.cpu())
+        self.model.train()
+        return torch.cat(out)
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> LossParts:
         return self.model(inputs, targets=targets, z_loss_weight=self.cfg.optim.z_loss,
@@ -97,9 +124,18 @@ class TrainModule:
         }
 
     def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
+        """Load 'model' and, when present, 'optim' (shaped as `state_dict()` returns them)."""
         opts = StateDictOptions(full_state_dict=False, strict=True)
         set_model_state_dict(self.model, state["model"], options=opts)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=opts)
+        if "optim" in state:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=opts)
+
+    @torch.no_grad()
+    def load_full_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Unsharded parameter values (e.g. a consolidated checkpoint) into the possibly
+        sharded model: each rank keeps its slice."""
+        for name, param in self.model.named_parameters():
+            copy_full_into(param, tensors[name].to(device=self.device, dtype=param.dtype))
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write
 from lmforge.model.config import ModelConfig
 from lmforge.model.io import CONFIG_FILE as MODEL_CONFIG_FILE
-from lmforge.model.io import TOKENIZER_FILE
+from lmforge.model.io import TOKENIZER_FILE, load_model
 from lmforge.parallel import World, init_world
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.callbacks import Callback, append_jsonl, default_callbacks
@@ -88,7 +88,7 @@ class Trainer:
             self.val_dataset = InstanceDataset(val_stream, cfg.data.seq_len, seed=0, mask_repetitions=False)
 
         self.module = TrainModule(cfg, self.world)
-        self.callbacks = sorted(default_callbacks() if callbacks is None else callbacks,
+        self.callbacks = sorted(default_callbacks(cfg) if callbacks is None else callbacks,
                                 key=lambda c: (-c.priority, c.name))
         names = [c.name for c in self.callbacks]
         if len(set(names)) != len(names):
@@ -113,7 +113,7 @@ class Trainer:
             for cb in self.callbacks:
                 cb.pre_step(self, batch)
             lr = lr_at(self.step, self.max_steps, self.cfg.optim)
-            metrics = self.module.train_batch(batch, lr)
+            metrics = self.module.train_batch(batch, lr, before_step=lambda m: self.pre_optim_step(batch, m))
             self.tokens_seen += self.cfg.trainer.batch_tokens
             # Which instances this step saw, as one number: `inspect-batch` must agree with it.
             metrics.update(lr=lr, batch_crc=batch_crc(batch.step_instances))
@@ -124,6 +124,11 @@ class Trainer:
             cb.on_train_end(self, metrics)
         self.finish_checkpoint()
         return metrics
+
+    def pre_optim_step(self, batch, metrics: dict[str, Any]) -> bool:
+        """Every callback sees the step before it is applied; any may veto it (skip-step)."""
+        verdicts = [cb.pre_optim_step(self, batch, metrics) for cb in self.callbacks]
+        return all(verdicts)
 
     def callback(self, name: str) -> Callback:
         return next(c for c in self.callbacks if c.name == name)
@@ -150,6 +155,8 @@ class Trainer:
             self.load_checkpoint(resume_from)
             if self.world.is_main:
                 log.info(f"resumed from {resume_from} (step {self.step}, {self.tokens_seen:,} tokens)")
+        elif self.cfg.trainer.init_from is not None:
+            self.init_from(Path(self.cfg.trainer.init_from), optimizer=self.cfg.trainer.init_optimizer)
         if self.world.is_main:
             atomic_write(config_path, self.cfg.to_yaml())
             self._truncate_metrics()
@@ -215,7 +222,7 @@ class Trainer:
         pending, self.pending = self.pending, None
         ckpt.finish_checkpoint(pending, self.world)
         if self.world.is_main:
-            ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints)
+            ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints, self.cfg.trainer.keep_steps)
 
     def _checkpoint_groups(self, keys: list[str]) -> dict:
         """A gloo group per state entry for background writes (created once, by all ranks at
@@ -241,6 +248,24 @@ class Trainer:
         self.loader.load_state_dict(trainer_state["loader"])
         for cb in self.callbacks:
             cb.load_state_dict(trainer_state["callbacks"].get(cb.name, {}))
+
+    def init_from(self, folder: Path, *, optimizer: bool) -> None:
+        """Weights (and optionally optimizer state) of another run's checkpoint, as step 0 of
+        this one: the step counter, data position and schedule start afresh."""
+        if not (folder / MODEL_CONFIG_FILE).exists():
+            raise LmforgeError(f"trainer.init_from: {folder} is not a checkpoint ({MODEL_CONFIG_FILE} is missing)")
+        self.check_checkpoint_model(folder)
+        if optimizer and not (folder / "optim").is_dir():
+            raise LmforgeError(f"trainer.init_optimizer: {folder} has no optimizer state (only training checkpoints do)")
+        if (folder / "model").is_dir():
+            state = self.module.state_dict()
+            wanted = {"model": state["model"], **({"optim": state["optim"]} if optimizer else {})}
+            ckpt.load_state(folder, wanted)
+            self.module.load_state_dict(wanted)
+        else:
+            self.module.load_full_weights(load_model(folder).state_dict())
+        if self.world.is_main:
+            log.info(f"initialised from {folder}" + (" (weights and optimizer state)" if optimizer else " (weights)"))
 
     def check_checkpoint_model(self, folder: Path) -> None:
         """A checkpoint of another model shape is refused before any tensor is read."""
