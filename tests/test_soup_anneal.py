@@ -87,3 +87,19 @@ def test_init_from_errors(pretrained, token_data, tmp_path):
     wide["model"]["d_model"] = 128
     with pytest.raises(LmforgeError, match=r"holds a model of another shape \(d_model: 64 vs 128"):
         Trainer(RunConfig.from_dict(wide)).fit()
+
+
+def test_cli_soup_and_init_from(pretrained, token_data, tmp_path, capsys):
+    from lmforge.cli import main
+
+    assert main(["soup", str(pretrained / "step-4"), str(pretrained / "step-8"), "--out", str(tmp_path / "s"),
+                 "--weights", "1,1"]) == 0
+    assert (tmp_path / "s" / "model.safetensors").exists()
+    assert main(["soup", str(pretrained / "step-8"), "--out", str(tmp_path / "t")]) == 2
+    assert "soup needs at least two checkpoints" in capsys.readouterr().err
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump(config(token_data, tmp_path / "run", keep_steps=[], max_steps=1)))
+    assert main(["train", str(config_path), "--init-from", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trainer.init_from:" in err and "is not a checkpoint" in err
+    assert main(["train", str(config_path), "--init-from", str(tmp_path / "s"), "--trainer.max_steps=1"]) == 0

@@ -59,7 +59,7 @@ def train(tokens, run_dir, *, inject: InjectBadBatch | None, skip: bool):
 
 
 @pytest.mark.slow
-def test_injected_bad_batch_is_flagged_attributed_and_skipped(token_data, tmp_path):
+def test_injected_bad_batch_is_flagged_attributed_and_skipped(token_data, tmp_path, capsys):
     tokens = token_data / "train"
     clean, _ = train(tokens, tmp_path / "clean", inject=None, skip=False)
     flagged, injected = train(tokens, tmp_path / "flagged", inject=InjectBadBatch(), skip=False)
@@ -80,3 +80,9 @@ def test_injected_bad_batch_is_flagged_attributed_and_skipped(token_data, tmp_pa
     after = slice(BAD_STEP, STEPS)  # the steps after the bad one
     for a, b in zip(clean[after], skipped[after]):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.01), a["step"]
+
+    from lmforge.cli import main
+
+    assert main(["analyze", "spikes", str(tmp_path / "flagged"), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"step {BAD_STEP}: loss" in out and out.count("\n  ") >= 4  # the spike and 3 documents

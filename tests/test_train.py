@@ -111,6 +111,17 @@ def test_inspect_batch_names_documents(token_data, tmp_path):
     docs = rows[0]["documents"]
     assert docs and all(d["id"].startswith("d") and d["source"].startswith("src") for d in docs)
     assert docs[0]["first_words"]  # decoded with the run's tokenizer
+    # The documents tile the instance: their covered parts add up to its tokens, in order.
+    for row in rows:
+        spans = [(max(d["start"], row["start"]), min(d["end"] + 1, row["end"])) for d in row["documents"]]
+        assert spans[0][0] == row["start"] and spans[-1][1] == row["end"]
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert all(d["covered"] for d in row["documents"])
+    from lmforge.analysis.batches import format_instance
+
+    text = format_instance(rows[0])
+    assert all(f"── {d['id']} ({d['source']}" in text for d in rows[0]["documents"])
+    assert rows[0]["documents"][-1]["covered"].splitlines()[-1] in text
     with pytest.raises(LmforgeError, match="not a run directory"):
         batch_documents(tmp_path / "nowhere", 1)
 

@@ -98,24 +98,70 @@ def cmd_train(args: argparse.Namespace) -> None:
     from lmforge.train.config import RunConfig
     from lmforge.train.trainer import train
 
-    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.init_from:
+        overrides += [f"--trainer.init_from={args.init_from}"] + (["--trainer.init_optimizer=true"] if args.init_optimizer else [])
+    cfg = RunConfig.from_yaml(args.config, overrides)
     metrics = train(cfg)
     if metrics and int(os.environ.get("RANK", 0)) == 0:
         print(f"done: step {cfg.max_steps}, loss {float(metrics['loss']):.4f}; run in {cfg.trainer.run_dir}")
 
 
 def cmd_inspect_batch(args: argparse.Namespace) -> None:
-    from lmforge.analysis.batches import batch_documents
+    from lmforge.analysis.batches import batch_documents, format_instance
 
     rows = batch_documents(args.run, args.step)
     if args.json:
         print(json.dumps(rows, indent=1))
         return
     for row in rows:
-        print(f"instance {row['instance']} (tokens {row['start']}:{row['end']})")
-        for doc in row["documents"]:
-            words = f"  {doc['first_words']!r}" if "first_words" in doc else ""
-            print(f"  {doc['id']:<40} {doc['source']:<14}{words}")
+        if args.ids_only or "covered" not in (row["documents"] or [{}])[0]:
+            print(f"instance {row['instance']} (tokens {row['start']}:{row['end']})")
+            for doc in row["documents"]:
+                words = f"  {doc['first_words']!r}" if "first_words" in doc else ""
+                print(f"  {doc['id']:<40} {doc['source']:<14}{words}")
+        else:
+            print(format_instance(row))
+
+
+def cmd_analyze_undertrained(args: argparse.Namespace) -> None:
+    from lmforge.analysis.undertrained import undertrained_from_checkpoint, write_report
+
+    result = undertrained_from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, count_tokens=args.count_tokens,
+                                          percentile=args.percentile, threshold=args.threshold,
+                                          verify=not args.no_verify, max_verify=args.max_verify)
+    json_path, md_path = write_report(result, args.out or args.checkpoint)
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
+
+
+def cmd_soup(args: argparse.Namespace) -> None:
+    from lmforge.model.soup import soup
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    print(f"wrote {soup(args.checkpoints, args.out, weights=weights, overwrite=args.overwrite)}")
+
+
+def cmd_analyze_spikes(args: argparse.Namespace) -> None:
+    from lmforge.analysis.spikes import plot_spikes, spike_report
+
+    report = spike_report(args.run, top=args.top)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    spikes = report["spikes"]
+    print(f"{len(spikes)} spike(s) in {args.run}")
+    for spike in spikes:
+        what = ", ".join(f"{k} {v['value']:.4g} > {v['threshold']:.4g} (mean {v['mean']:.4g}, σ {v['std']:.3g})"
+                         for k, v in spike["spiked"].items())
+        print(f"  step {spike['step']}: {what}{' — skipped' if spike['skipped'] else ''}")
+    if report["documents"]:
+        print("documents with the most loss in spiking batches:")
+        print(f"  {'id':<40} {'source':<14} {'tokens':>7} {'loss sum':>10} {'mean loss':>9}  spikes")
+        for d in report["documents"]:
+            print(f"  {d['id']:<40} {d['source']:<14} {d['tokens']:>7} {d['loss_sum']:>10.1f} {d['mean_loss']:>9.3f}"
+                  f"  {','.join(map(str, d['spikes']))}")
+    print(f"wrote {plot_spikes(args.run, spikes, args.out)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -147,6 +193,20 @@ def cmd_mix(args: argparse.Namespace) -> None:
     print(f"wrote {len(report['shards'])} shards to {report['config']['output']}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from lmforge.eval.harness import DEFAULT_EVAL_TASKS, evaluate, format_table, write_json
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    tasks = args.tasks or list(DEFAULT_EVAL_TASKS)
+    results = evaluate(args.model, tasks, limit=args.limit, batch_size=args.batch_size, variant=args.variant,
+                       device=args.device, dtype=dtype, progress=not args.quiet)  # fmt: skip
+    print(format_table(results))
+    if args.out:
+        print(f"wrote {write_json(results, args.out)}")
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -167,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the exported weights")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
 
+    p = add("eval", cmd_eval, "Score OLMES tasks (rank classification, as OLMES and lm-eval) on a model.")
+    p.add_argument("model", help="lmforge checkpoint (model.yaml + weights) or transformers OLMo 2 folder + tokenizer")
+    p.add_argument("--tasks", help="comma-separated OLMES tasks, each optionally TASK:VARIANT (default: OLMES's "
+                   "core set: arc_easy, arc_challenge, boolq, csqa, hellaswag, openbookqa, piqa, sciq, socialiqa, "
+                   "winogrande)")
+    p.add_argument("--variant", default="rc_0shot", help="variant of tasks named without one (rc_0shot, rc_5shot, ...)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
+    p.add_argument("--out", help="write metrics and per-instance predictions to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     ckpt = sub.add_parser("checkpoint", help="Work with training checkpoints.").add_subparsers(
         dest="checkpoint_command", required=True
     )
@@ -178,11 +251,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "Train (or resume) the run a YAML config describes (under torchrun: every rank).")
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="--section.field=value overrides")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (trainer.init_from), e.g. for an anneal")
+    p.add_argument("--init-optimizer", action="store_true", help="with --init-from: also its optimizer state")
+
+    p = add("soup", cmd_soup, "Average checkpoints of one model into one (a model soup).")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint folders (training checkpoints or model folders)")
+    p.add_argument("--out", required=True, help="folder to create (model.safetensors + model.yaml)")
+    p.add_argument("--weights", help="comma-separated weights, one per checkpoint (normalised; default equal)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = add("inspect-batch", cmd_inspect_batch, "Show the documents an optimizer step trained on.")
     p.add_argument("run", help="run directory")
     p.add_argument("--step", type=int, required=True, help="optimizer step (from 1)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--ids-only", action="store_true", help="document ids and first words, not the covered text")
+
+    analyze = sub.add_parser("analyze", help="Find out what happened in a run or a model.").add_subparsers(
+        dest="analyze_command", required=True
+    )
+    p = add("spikes", cmd_analyze_spikes, "Loss/grad-norm spikes of a run, the documents behind them, a PNG.", analyze)
+    p.add_argument("run", help="run directory (trained with spikes.enabled)")
+    p.add_argument("--top", type=int, default=10, help="documents to list")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", help="PNG path (default RUN/spikes.png)")
+    p = add("undertrained", cmd_analyze_undertrained,
+            "Under-trained tokens of a model (Fishing for Magikarp): indicators, then a repeat test.", analyze)
+    p.add_argument("checkpoint", help="checkpoint folder (training checkpoint or model folder)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's own)")
+    p.add_argument("--count-tokens", action="store_true",
+                   help="count the run's training tokens (config.yaml beside the checkpoint) for the reference set")
+    p.add_argument("--percentile", type=float, default=2.0, help="candidates: the top PERCENT by the indicator")
+    p.add_argument("--threshold", type=float, default=0.01, help="verified when the repeat probability is below this")
+    p.add_argument("--max-verify", type=int, default=500, help="candidates to verify by prompting")
+    p.add_argument("--no-verify", action="store_true", help="indicators only")
+    p.add_argument("--out", help="folder for undertrained.json and undertrained.md (default: the checkpoint)")
 
     p = add("plot", cmd_plot, "Plot a run's loss, learning rate and grad norm to loss.png.")
     p.add_argument("run", help="run directory")

@@ -19,9 +19,21 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_yaml(path)
 
 
+def format_instance(row: dict[str, Any]) -> str:
+    """An instance as a person reads it: each document's covered text under a rule naming it,
+    so the boundaries inside the packed sequence are visible."""
+    lines = [f"instance {row['instance']} (tokens {row['start']}:{row['end']})"]
+    for doc in row["documents"]:
+        lines.append(f"  ── {doc['id']} ({doc['source']}, tokens {doc['start']}:{doc['end'] + 1}) " + "─" * 8)
+        if "covered" in doc:
+            lines += ["  │ " + line for line in doc["covered"].splitlines() or [""]]
+    return "\n".join(lines)
+
+
 def batch_documents(run_dir: str | Path, step: int, *, words: int = 8) -> list[dict[str, Any]]:
     """One row per instance of optimizer step `step` (1-based): its index, token range, and the
-    documents it covers (id, source, first words)."""
+    documents it covers (id, source, first words, and `covered`: the decoded text of the part
+    of the document inside this instance, when the run has a tokenizer)."""
     cfg = load_run_config(run_dir)
     if step < 1:
         raise LmforgeError(f"--step must be ≥ 1 (steps count from 1), got {step}")
@@ -38,6 +50,9 @@ def batch_documents(run_dir: str | Path, step: int, *, words: int = 8) -> list[d
             if tokenizer is not None:
                 head = stream.read(span.start, min(span.end, span.start + 4 * words))
                 doc["first_words"] = " ".join(tokenizer.decode(head.tolist()).split()[:words])
+                # The span [start, end] includes the closing EOS; the instance is [start, end).
+                covered = stream.read(max(span.start, start), min(span.end + 1, end))
+                doc["covered"] = tokenizer.decode(covered.tolist())
             docs.append(doc)
         rows.append({"instance": instance, "start": start, "end": end, "documents": docs})
     return rows

@@ -82,7 +82,7 @@ import numpy as np
 import xxhash
 
 from lmforge.config import Config, require
-from lmforge.curate.eval_data import (  # noqa: F401  (fetch_olmes, DEFAULT_TASKS: part of this module's API)
+from lmforge.eval.tasks import (  # noqa: F401  (fetch_olmes, DEFAULT_TASKS: part of this module's API)
     DEFAULT_TASKS,
     OLMES_REQUIREMENT,
     Pair,

