@@ -27,7 +27,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     val = [r for r in rows if "val_loss" in r]
     if not train and not val:
         raise LmforgeError(f"{run_dir}/metrics.jsonl has no loss rows yet")
-    fig, (ax_loss, ax_lr, ax_gn) = plt.subplots(3, 1, figsize=(8, 9), sharex=True, height_ratios=[3, 1, 1])
+    evals = sorted({k for r in rows for k in r if k.startswith("eval/") and not k.endswith("bits_per_byte")})
+    panels = 4 if evals else 3
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 9 + 2 * (panels - 3)), sharex=True,
+                             height_ratios=[3, 1, 1, 1.5][:panels])
+    ax_loss, ax_lr, ax_gn = axes[:3]
     ax_loss.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.8, label="train")
     if val:
         ax_loss.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
@@ -40,8 +44,16 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax_lr.grid(alpha=0.3)
     ax_gn.plot([r["tokens"] for r in train], [r["grad_norm"] for r in train], color="tab:red", lw=1)
     ax_gn.set_ylabel("grad norm")
-    ax_gn.set_xlabel("tokens")
     ax_gn.grid(alpha=0.3)
+    if evals:  # downstream tasks scored in the loop (evals: in the run config)
+        ax_ev = axes[3]
+        for key in evals:
+            points = [(r["tokens"], r[key]) for r in rows if r.get(key) is not None]
+            ax_ev.plot(*zip(*points), "o-", ms=3, label=key.removeprefix("eval/"))
+        ax_ev.set_ylabel("task score")
+        ax_ev.legend(fontsize=8)
+        ax_ev.grid(alpha=0.3)
+    axes[-1].set_xlabel("tokens")
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "loss.png"
     fig.savefig(out, dpi=110)

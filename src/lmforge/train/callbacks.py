@@ -49,6 +49,9 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
+    def on_log(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """A row as it is appended to metrics.jsonl (rank 0 only): for metric sinks."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -188,10 +191,22 @@ class Checkpointer(Callback):
 
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
+    """The callbacks a run's config asks for."""
+    from lmforge.train.sinks import TensorBoardSink, WandbSink
     from lmforge.train.spikes import SpikeMonitor
 
-    spikes = [SpikeMonitor(cfg.spikes)] if cfg.spikes.enabled else []
-    return [SpeedMonitor(), Validator(), *spikes, MetricsLogger(), Checkpointer()]
+    extra: list[Callback] = []
+    if cfg.spikes.enabled:
+        extra.append(SpikeMonitor(cfg.spikes))
+    if cfg.evals.tasks:
+        from lmforge.eval.in_loop import DownstreamEval  # evaluation sits beside training: imported on demand
+
+        extra.append(DownstreamEval(cfg.evals, cfg.tokenizer))
+    if cfg.sinks.tensorboard:
+        extra.append(TensorBoardSink())
+    if cfg.sinks.wandb:
+        extra.append(WandbSink(cfg.sinks.wandb_project, cfg.sinks.wandb_mode))
+    return [SpeedMonitor(), Validator(), *extra, MetricsLogger(), Checkpointer()]
 
 
 def _plain(value: Any) -> Any:

@@ -113,6 +113,39 @@ class TrainerConfig(Config):
 
 
 @dataclasses.dataclass(kw_only=True)
+class DownstreamEvalConfig(Config):
+    """Downstream tasks scored during training (OLMES rank classification, `lmforge.eval`)."""
+
+    tasks: list[str] = dataclasses.field(default_factory=list)
+    """OLMES tasks, each optionally TASK:VARIANT (e.g. [arc_easy, hellaswag]); empty = none."""
+    variant: str = "rc_0shot"
+    """Variant of the tasks named without one."""
+    every: int = 1000
+    """Score the tasks every this many steps (and before the first and after the last)."""
+    limit: int | None = 200
+    """Documents per task (the first N); null = all. Every rank scores them all."""
+    batch_size: int = 16
+
+    def validate(self) -> None:
+        require(self.every > 0, "evals.every", f"must be positive, got {self.every}")
+        require(self.limit is None or self.limit > 0, "evals.limit", f"must be positive or null, got {self.limit}")
+        require(self.batch_size > 0, "evals.batch_size", f"must be positive, got {self.batch_size}")
+
+
+@dataclasses.dataclass(kw_only=True)
+class SinksConfig(Config):
+    """Where metrics go besides RUN/metrics.jsonl (rank 0 writes them)."""
+
+    tensorboard: bool = False
+    """Event files in RUN/tensorboard/ (pip install 'lmforge[tensorboard]')."""
+    wandb: bool = False
+    """A Weights & Biases run in RUN/wandb/ (pip install 'lmforge[wandb]')."""
+    wandb_project: str = "lmforge"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """offline needs no network or account; `wandb sync RUN/wandb/offline-run-*` uploads later."""
+
+
+@dataclasses.dataclass(kw_only=True)
 class RunConfig(Config):
     model: ModelConfig
     data: DataConfig
@@ -120,6 +153,8 @@ class RunConfig(Config):
     trainer: TrainerConfig
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     spikes: SpikeConfig = dataclasses.field(default_factory=SpikeConfig)
+    evals: DownstreamEvalConfig = dataclasses.field(default_factory=DownstreamEvalConfig)
+    sinks: SinksConfig = dataclasses.field(default_factory=SinksConfig)
     tokenizer: Path | None = None
     """tokenizer.json the data was made with; copied into checkpoints and exports."""
 
@@ -136,6 +171,12 @@ class RunConfig(Config):
             "trainer.micro_batch_size",
             f"{t.micro_batch_size} must divide the {instances} instances of a batch (batch_tokens / seq_len)",
         )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.evals.tasks:
+            require(self.tokenizer is not None, "evals.tasks",
+                    "scoring tasks needs the run's tokenizer: set tokenizer (the tokenizer.json the data was made with)")
 
     def check_world_size(self, world_size: int) -> None:
         """The global batch must split into whole micro-batches on every rank."""

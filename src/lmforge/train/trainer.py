@@ -167,9 +167,12 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def log_row(self, row: dict[str, Any]) -> None:
-        """Append a row to metrics.jsonl (rank 0; the values are the same on every rank)."""
+        """Append a row to metrics.jsonl and hand it to the sinks (rank 0; the values are the
+        same on every rank)."""
         if self.world.is_main:
             append_jsonl(self.run_dir / METRICS_FILE, row)
+            for cb in self.callbacks:
+                cb.on_log(self, row)
 
     def _truncate_metrics(self) -> None:
         """Drop rows logged after the checkpoint we resume from: those steps run again."""
