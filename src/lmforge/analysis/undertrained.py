@@ -376,12 +376,13 @@ def undertrained_from_checkpoint(
     tokenizer is the one saved with it unless given; with `count_tokens`, the training data
     named by the checkpoint's config.yaml is counted (one pass over it) for the reference set."""
     from lmforge.data.tokenizer import load_tokenizer
-    from lmforge.model.io import load_model, load_model_tokenizer
+    from lmforge.model.io import check_tokenizer_fits, load_model, load_model_tokenizer
 
     model = load_model(checkpoint, device=device)
     tok = load_tokenizer(tokenizer) if tokenizer is not None else load_model_tokenizer(checkpoint)
     if tok is None:
         raise LmforgeError(f"{checkpoint}: no tokenizer.json saved with the model; pass a tokenizer")
+    check_tokenizer_fits(model.cfg, tok, str(checkpoint))
     counts = token_counts_from_run(checkpoint, model.cfg.vocab_size) if count_tokens else None
     return find_undertrained(model, tok, token_counts=counts, **kwargs)
 

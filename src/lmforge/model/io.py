@@ -113,6 +113,15 @@ def _first_of(what: str, names: list[str]) -> str:
     return f"{what} {names[0]!r}{more}"
 
 
+def check_tokenizer_fits(cfg: ModelConfig, tokenizer: Tokenizer, where: str) -> None:
+    """A tokenizer with more ids than the model has rows was not the model's: refuse it."""
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise LmforgeError(
+            f"{where}: the tokenizer has {tokenizer.vocab_size:,} ids but the model's vocabulary is "
+            f"{cfg.vocab_size:,}; use the tokenizer the model was trained with"
+        )
+
+
 def load_model_tokenizer(directory: str | Path) -> Tokenizer | None:
     path = Path(directory) / TOKENIZER_FILE
     return Tokenizer.load(path) if path.exists() else None
