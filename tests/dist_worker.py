@@ -1,5 +1,6 @@
-"""What `lmforge train` does under torchrun, plus a fault: SIGKILL one rank right after a given
-step (after that step's checkpoint, if any), as a crashed node would die. Test-only.
+"""What `lmforge train` does under torchrun, plus faults: SIGKILL one rank right after a given
+step (after that step's checkpoint, if any), as a crashed node would die; or a bad batch at a
+given step (see test_spikes.InjectBadBatch). Test-only.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 tests/dist_worker.py CONFIG \
         [--kill-rank R --kill-after-step N] [--override ...]
@@ -31,9 +32,14 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-after-step", type=int, default=-1)
+    parser.add_argument("--inject-bad-batch-at", type=int, default=-1, help="see test_spikes.InjectBadBatch")
     args, overrides = parser.parse_known_args()
     cfg = RunConfig.from_yaml(args.config, overrides)
     callbacks = default_callbacks(cfg) + [KillRank(args.kill_rank, args.kill_after_step)]
+    if args.inject_bad_batch_at > 0:
+        from test_spikes import InjectBadBatch  # this script's folder, tests/, is on sys.path
+
+        callbacks.append(InjectBadBatch(args.inject_bad_batch_at))
     trainer = Trainer(cfg, callbacks=callbacks)
     try:
         trainer.fit()

@@ -159,6 +159,32 @@ def test_export_and_consolidate_read_a_sharded_checkpoint(token_data, tmp_path):
         torch.testing.assert_close(hf(tokens).logits, sharded(tokens)[..., :512], rtol=0, atol=1e-5)
 
 
+def test_spike_attribution_under_fsdp_matches_one_process(token_data, tmp_path):
+    """A bad batch at step 12: flagged on 2 ranks as on 1, with the same documents and losses
+    (each rank scores its rows; rank 0 gathers them)."""
+    from test_spikes import InjectBadBatch
+
+    runs = {}
+    for nproc in (1, 2):
+        data = config(token_data, tmp_path / f"run{nproc}")
+        data["spikes"] = {"enabled": True, "window": 16, "min_history": 8}
+        cfg = write(tmp_path / f"c{nproc}.yaml", data)
+        if nproc == 1:
+            trainer = Trainer(RunConfig.from_dict(data), callbacks=None)
+            trainer.callbacks.append(InjectBadBatch(12))
+            trainer.fit()
+        else:
+            torchrun(2, str(WORKER), str(cfg), "--inject-bad-batch-at=12")
+        runs[nproc] = [json.loads(line) for line in (tmp_path / f"run{nproc}" / "spikes.jsonl").read_text().splitlines()]
+    (one,), (two,) = runs[1], runs[2]
+    assert one["step"] == two["step"] == 12
+    docs_one = {d["id"]: (d["tokens"], d["loss_sum"]) for d in one["documents"]}
+    docs_two = {d["id"]: (d["tokens"], d["loss_sum"]) for d in two["documents"]}
+    assert docs_one.keys() == docs_two.keys() and docs_one
+    for doc_id, (tokens, loss) in docs_one.items():
+        assert docs_two[doc_id][0] == tokens and docs_two[doc_id][1] == pytest.approx(loss, rel=1e-4), doc_id
+
+
 # -- bad settings: one line naming the setting and the fix ---------------------------------------------
 
 

@@ -16,27 +16,31 @@ STEPS = 40
 
 
 class InjectBadBatch(Callback):
-    """Replaces step BAD_STEP's batch by instances from late in the epoch (not otherwise seen in
-    this short run) whose every token is one id the data never contains (test-only)."""
+    """Replaces step `step`'s batch by instances from late in the epoch (not otherwise seen in
+    a short run) whose every token is one id the data never contains; each rank takes its slice
+    (test-only)."""
 
     name = "inject"
     priority = 100
 
-    def __init__(self):
+    def __init__(self, step: int = BAD_STEP):
+        self.step = step
         self.instances: list[int] = []
 
     def pre_step(self, trainer, batch):
-        if trainer.step != BAD_STEP:
+        if trainer.step != self.step:
             return
-        dataset = trainer.dataset
-        rows = dataset.order(0)[-len(batch.instances):]
+        dataset, loader = trainer.dataset, trainer.loader
+        everything = dataset.order(0)[-loader.batch_size:]
+        per = loader.local_batch_size
+        rows = everything[loader.rank * per : (loader.rank + 1) * per]
         counts = np.bincount(np.concatenate([np.asarray(p) for p in dataset.stream.parts]), minlength=512)
         unseen = int(np.flatnonzero(counts[:512] == 0)[0])
         bad = dataset.batch(rows)
         bad.inputs.fill_(unseen)
         bad.targets.fill_(unseen)
-        batch.inputs, batch.targets, batch.instances, batch.step_instances = bad.inputs, bad.targets, rows, rows
-        self.instances = rows.tolist()
+        batch.inputs, batch.targets, batch.instances, batch.step_instances = bad.inputs, bad.targets, rows, everything
+        self.instances = everything.tolist()
 
     def documents(self, trainer) -> set[str]:
         dataset = trainer.dataset
