@@ -3,11 +3,18 @@ exported model and the same OLMES requests (the conditional ones: lm-eval's mult
 task scores no unconditional requests), in one process, cases interleaved.
 
     .venv/bin/python benchmarks/eval.py [--tasks arc_easy,hellaswag] [--limit 200] [--preset tiny]
-                                        [--batch-size 32] [--repeats 3] [--threads N]
+                                        [--batch-size 32] [--repeats 3] [--threads 1]
 
 The model is a random-init preset with a BPE trained on the demo corpus (its vocabulary size),
 exported with `to_hf`; speed does not depend on the weights. Also prints the largest
 difference between the two sides' log-likelihoods. Writes benchmarks/results/eval.json.
+
+Both sides run in this process, so on the same torch intra-op threads (`--threads`, set
+explicitly; default 1), and are given the same `--batch-size`, in sequences per forward.
+lm-eval's sequence is one request; ours is one context with all its continuations packed
+after it (`lmforge.eval.scoring`), so ours holds more requests per forward: `--ours-batch-size`
+sets ours apart (e.g. 8 rows ≈ 32 requests) to check that this is not where the speed comes from.
+Both sides include their tokenization in the time.
 """
 
 from __future__ import annotations
@@ -41,10 +48,12 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny", help="model preset (its vocab_size is the BPE's)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--ours-batch-size", type=int, default=None, help="lmforge's batch size (default: --batch-size)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    ours_batch = args.ours_batch_size or args.batch_size
 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -67,7 +76,7 @@ def main() -> None:
 
         def ours() -> float:
             start = time.perf_counter()
-            scores = score_requests(ours_model, tok, requests, batch_size=args.batch_size, progress=False)
+            scores = score_requests(ours_model, tok, requests, batch_size=ours_batch, progress=False)
             seconds = time.perf_counter() - start
             outputs["lmforge"] = [s.logprob for s in scores]
             return len(requests) / seconds
@@ -82,13 +91,14 @@ def main() -> None:
         results = run_interleaved({"lmforge": ours, "lm-eval": peer}, args.repeats)
     diff = max(abs(a - b) for a, b in zip(outputs["lmforge"], outputs["lm-eval"], strict=True))
     print(f"{len(requests):,} requests ({args.tasks}, {args.limit} docs each), preset {args.preset}, "
-          f"vocab {tok.vocab_size}, batch {args.batch_size}, {torch.get_num_threads()} threads; "
+          f"vocab {tok.vocab_size}, batch {args.batch_size} (ours {ours_batch}), {torch.get_num_threads()} threads; "
           f"max |Δ loglikelihood| = {diff:.2e}")  # fmt: skip
     command = f".venv/bin/python benchmarks/eval.py --tasks {args.tasks} --limit {args.limit} --preset {args.preset} "
-    command += f"--batch-size {args.batch_size} --repeats {args.repeats}"
-    command += f" --threads {args.threads}" if args.threads else ""
+    command += f"--batch-size {args.batch_size} --repeats {args.repeats} --threads {args.threads}"
+    command += f" --ours-batch-size {args.ours_batch_size}" if args.ours_batch_size else ""
     report("eval", results, unit="requests/s", ours="lmforge", peer="lm-eval", command=command,
-           extra={"requests": len(requests), "max_abs_loglikelihood_diff": diff})  # fmt: skip
+           extra={"requests": len(requests), "max_abs_loglikelihood_diff": diff, "threads": torch.get_num_threads(),
+                  "batch_size": args.batch_size, "ours_batch_size": ours_batch})  # fmt: skip
 
 
 if __name__ == "__main__":

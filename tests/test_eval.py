@@ -347,3 +347,51 @@ def test_olmo2_tokenization_matches_lm_eval(tmp_path, monkeypatch, one_thread):
     ours = encode_requests(tok, requests)
     for request, (ctx, cont) in zip(requests, ours):
         assert (ctx, cont) == tuple(lm._encode_pair(request.context, request.continuation)), request
+
+
+def test_packed_scoring_matches_plain_path(small_model):
+    """The packed path (contexts shared in one row, head on read positions only) gives the
+    plain path's numbers: shared contexts, continuations that extend one another, duplicates,
+    one-token continuations, left truncation, an empty context, several batches; and greedy
+    continuations (the model's own argmax) are recognised as such."""
+    from lmforge.eval import Request, encode_requests, score_requests
+    from lmforge.model.generate import generate
+
+    model, tok = small_model
+
+    class Plain(torch.nn.Module):  # not a Transformer: takes the plain padded path
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.cfg = inner, inner.cfg
+
+        def forward(self, tokens):
+            return self.inner(tokens)
+
+    contexts = ["The cat sat on the", "Question: why " * 30 + "?\nAnswer:", "Hello", "", "A B C"]
+    conts = [" mat", " m", " mat and the dog", " mat and", " roof", "ld", " wor", " x"]
+    requests = [Request(c, k) for c in contexts for k in conts]
+    for c in contexts[:3] + ["Once upon a time"]:  # the model's own greedy continuations
+        ids = tok.encode(c)
+        out = generate(model, torch.tensor([ids]), 4)[0, len(ids) :].tolist()
+        requests += [Request(c, tok.decode(out)), Request(c, tok.decode(out[:1]))]
+    got = score_requests(model, tok, requests, batch_size=3, progress=False)
+    want = score_requests(Plain(model), tok, requests, batch_size=3, progress=False)
+    for r, a, b in zip(requests, got, want):
+        assert a.num_tokens == b.num_tokens and a.is_greedy == b.is_greedy, r
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5), r
+
+    # Greedy continuations whose tokenization round-trips are flagged greedy by both paths.
+    greedy_requests = requests[len(contexts) * len(conts) :]
+    encoded = encode_requests(tok, greedy_requests)
+    flagged = [s.is_greedy for s in got[len(contexts) * len(conts) :]]
+    assert any(flagged)
+    with torch.no_grad():
+        for (ctx, cont), flag in zip(encoded, flagged):
+            full = ctx + cont
+            logits = model(torch.tensor([full[:-1]]))[0]
+            argmax = logits[len(ctx) - 1 :].argmax(-1).tolist()
+            assert flag == (argmax == cont)
+
+    # Small logits and mask budgets: one row per batch, the same numbers.
+    tight = score_requests(model, tok, requests, batch_size=3, progress=False, max_logits_bytes=1)
+    assert [s.logprob for s in tight] == pytest.approx([s.logprob for s in got], abs=1e-5)

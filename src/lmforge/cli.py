@@ -199,9 +199,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from lmforge.eval.harness import DEFAULT_EVAL_TASKS, evaluate, format_table, write_json
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    tasks = args.tasks or list(DEFAULT_EVAL_TASKS)
+    # Held-out token files alone mean perplexity only; otherwise OLMES's core tasks by default.
+    tasks = args.tasks or (None if args.ppl_data else list(DEFAULT_EVAL_TASKS))
     results = evaluate(args.model, tasks, limit=args.limit, batch_size=args.batch_size, variant=args.variant,
-                       device=args.device, dtype=dtype, progress=not args.quiet)  # fmt: skip
+                       device=args.device, dtype=dtype, progress=not args.quiet, token_folders=args.ppl_data,
+                       ppl_seq_len=args.ppl_seq_len, ppl_max_tokens=args.ppl_max_tokens)  # fmt: skip
     print(format_table(results))
     if args.out:
         print(f"wrote {write_json(results, args.out)}")
@@ -239,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
     p.add_argument("--out", help="write metrics and per-instance predictions to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ppl-data", action="append", metavar="FOLDER",
+                   help="held-out token folder for perplexity / bits per byte (repeatable; alone: no tasks)")
+    p.add_argument("--ppl-seq-len", type=int, default=None, help="perplexity window (default: the model's max_seq_len)")
+    p.add_argument("--ppl-max-tokens", type=int, default=None, help="score at most this many tokens")
 
     ckpt = sub.add_parser("checkpoint", help="Work with training checkpoints.").add_subparsers(
         dest="checkpoint_command", required=True

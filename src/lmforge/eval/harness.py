@@ -42,7 +42,7 @@ def load_for_eval(
     consolidated or sharded) or a transformers OLMo 2 folder (config.json), each with its
     tokenizer beside it."""
     from lmforge.model.hf import from_hf
-    from lmforge.model.io import CONFIG_FILE, load_model, load_model_tokenizer
+    from lmforge.model.io import CONFIG_FILE, check_tokenizer_fits, load_model, load_model_tokenizer
 
     folder = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,6 +60,7 @@ def load_for_eval(
         )
     if tokenizer is None:
         raise LmforgeError(f"{folder}: no tokenizer.json beside the model; evaluation needs the model's tokenizer")
+    check_tokenizer_fits(model.cfg, tokenizer, str(folder))
     if dtype is not None:
         model = model.to(dtype)
     return model, tokenizer, prefix
@@ -77,7 +78,7 @@ def _hf_bos_id(folder: Path, tokenizer: Tokenizer | None) -> int | None:
 
 def evaluate(
     model_or_path: str | Path | torch.nn.Module,
-    tasks: str | Sequence[str],
+    tasks: str | Sequence[str] | None,
     *,
     tokenizer: Tokenizer | None = None,
     limit: int | None = None,
@@ -86,11 +87,21 @@ def evaluate(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    token_folders: Sequence[str | Path] | None = None,
+    ppl_seq_len: int | None = None,
+    ppl_max_tokens: int | None = None,
+    ppl_batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Score OLMES tasks ('arc_easy', 'hellaswag:rc_5shot', ...; `variant` for names without
     one) on the first `limit` documents of each. Returns {"model", "limit", "tasks": {spec: {
-    task, variant, primary_metric, primary_score, num_docs, num_requests, metrics, instances}}}."""
-    pairs = parse_tasks(tasks, variant)
+    task, variant, primary_metric, primary_score, num_docs, num_requests, metrics, instances}}}.
+
+    With `token_folders` (held-out `lmforge data tokenize` folders) also adds "perplexity":
+    loss, perplexity and bits per byte over them (`lmforge.eval.perplexity`), in windows of
+    `ppl_seq_len` tokens (default: the model's max_seq_len), `ppl_batch_size` windows per forward
+    (default: `batch_size` // 4, at least 1), at most `ppl_max_tokens` tokens. `tasks` may then
+    be empty (None)."""
+    pairs = parse_tasks(tasks or [], variant) if tasks or not token_folders else []
     if limit is not None and limit < 1:
         raise LmforgeError(f"limit must be at least 1, got {limit}")
     prefix = None
@@ -111,6 +122,16 @@ def evaluate(
             model, tokenizer, task, batch_size=batch_size, progress=progress, prefix_token_id=prefix
         )
         out["tasks"][task.spec]["seconds"] = round(time.perf_counter() - start, 3)
+    if token_folders:
+        from lmforge.eval.perplexity import perplexity
+
+        start = time.perf_counter()
+        seq_len = ppl_seq_len or getattr(getattr(model, "cfg", None), "max_seq_len", None) or 2048
+        out["perplexity"] = perplexity(
+            model, list(token_folders), seq_len=seq_len, batch_size=ppl_batch_size or max(1, batch_size // 4),
+            max_tokens=ppl_max_tokens, tokenizer=tokenizer, progress=progress,
+        )  # fmt: skip
+        out["perplexity"]["seconds"] = round(time.perf_counter() - start, 3)
     return out
 
 
@@ -162,7 +183,8 @@ TABLE_COLUMNS = ("acc_raw", "acc_per_token", "acc_per_char", "acc_uncond", "bits
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """One line per task: documents, the primary metric and the accuracies (bpb of the gold)."""
+    """One line per task: documents, the primary metric and the accuracies (bpb of the gold);
+    then one for the perplexity, if measured."""
     names = "".join(f" {c.removesuffix('_corr'):>13}" for c in TABLE_COLUMNS)
     head = f"{'task':<28} {'docs':>6} {'primary':>24}{names}"
     lines = [head, "-" * len(head)]
@@ -170,6 +192,11 @@ def format_table(results: dict[str, Any]) -> str:
         primary = f"{r['primary_metric']} {_fmt(r['primary_score'])}"
         cells = "".join(f" {_fmt(r['metrics'].get(c)):>13}" for c in TABLE_COLUMNS)
         lines.append(f"{spec:<28} {r['num_docs']:>6} {primary:>24}{cells}")
+    ppl = results.get("perplexity")
+    if ppl:
+        bpb = f", bits/byte {ppl['bits_per_byte']:.4f}" if "bits_per_byte" in ppl else ""
+        lines.append(f"perplexity {ppl['perplexity']:.4f} (loss {ppl['loss']:.4f} nats/token{bpb}) over "
+                     f"{ppl['tokens']:,} tokens of {', '.join(ppl['folders'])}")  # fmt: skip
     return "\n".join(lines)
 
 
