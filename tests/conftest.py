@@ -56,3 +56,35 @@ def token_data(tmp_path_factory):
     tokenize([train_jsonl], tok, root / "train", workers=1, progress=False)
     tokenize([val_jsonl], tok, root / "val", workers=1, progress=False)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on 2 shared cores: one intra-op thread is many times faster than two
+    contending ones (tests that run our scorer and a peer in one process)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def lm_eval_task_yaml(folder: Path, name: str, rows: list[dict]) -> None:
+    """A local lm-eval multiple-choice task over {"context", "choices", "gold"} rows, read from
+    JSONL. Columns by name (not Jinja), so no template touches whitespace; OLMES continuations
+    already start with their space, hence an empty target_delimiter."""
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {folder / 'hf_cache'}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: context\n"
+        "doc_to_choice: choices\n"
+        "doc_to_target: gold\n"
+        'target_delimiter: ""\n'
+        "metric_list:\n"
+        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
+    )

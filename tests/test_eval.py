@@ -10,19 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import lm_eval_task_yaml
 from lmforge.errors import LmforgeError
 
 N_DOCS = 200  # per task, as the acceptance criterion asks
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is many times faster than two
-    contending ones (both our scorer and lm-eval's run in this process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +33,6 @@ def tiny_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "hf"
     to_hf(model, out, tok)
     return out, model, tok
-
-
-def _lm_eval_task_yaml(folder: Path, name: str, data: Path) -> None:
-    # Columns by name (not Jinja) so no template touches whitespace; the OLMES continuations
-    # already start with their space, hence an empty target_delimiter.
-    (folder / f"{name}.yaml").write_text(
-        f"task: {name}\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {folder / 'hf_cache'}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        "doc_to_text: context\n"
-        "doc_to_choice: choices\n"
-        "doc_to_target: gold\n"
-        'target_delimiter: ""\n'
-        "metric_list:\n"
-        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
-    )
 
 
 @pytest.mark.slow
@@ -83,9 +57,7 @@ def test_agrees_with_lm_eval(tiny_export, tmp_path, monkeypatch, one_thread):
         assert all(len({r.context for r in d.requests}) == 1 for d in docs)  # one context per question
         rows = [{"context": d.requests[0].context, "choices": [r.continuation for r in d.requests], "gold": d.gold}
                 for d in docs]  # fmt: skip
-        data = tasks_dir / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        _lm_eval_task_yaml(tasks_dir, name, data)
+        lm_eval_task_yaml(tasks_dir, name, rows)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import lm_eval_task_yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytest.importorskip("lm_eval")
@@ -23,13 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LENGTH = 64  # small enough that every rolling text spans several windows
 
 
-@pytest.fixture
-def one_thread():
-    """Both models run in this process on 2 shared cores: one intra-op thread is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -69,26 +64,6 @@ def _instances(request_type: str, args_list: list[tuple]):
     return [Instance(request_type, {}, args, idx=i) for i, args in enumerate(args_list)]
 
 
-def _task_yaml(folder: Path, name: str, rows: list[dict]) -> None:
-    """A local multiple-choice task over {"context", "choices", "gold"} rows (as tests/test_eval.py)."""
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / f"{name}.yaml").write_text(
-        f"task: {name}\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {folder / 'hf_cache'}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        "doc_to_text: context\n"
-        "doc_to_choice: choices\n"
-        "doc_to_target: gold\n"
-        'target_delimiter: ""\n'
-        "metric_list:\n"
-        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
-    )
-
-
 def test_registered_under_lmforge():
     from lm_eval.api.registry import get_model
 
@@ -114,7 +89,7 @@ def test_simple_evaluate_matches_hf(tiny, tmp_path, one_thread):
     docs = load_task("arc_easy", "rc_0shot", limit=60).docs
     rows = [{"context": d.requests[0].context, "choices": [r.continuation for r in d.requests], "gold": d.gold}
             for d in docs]  # fmt: skip
-    _task_yaml(tmp_path, "lmforge_arc_easy", rows)
+    lm_eval_task_yaml(tmp_path, "lmforge_arc_easy", rows)
     manager = TaskManager(include_path=str(tmp_path))
     common = dict(tasks=["lmforge_arc_easy"], task_manager=manager, log_samples=True, batch_size=16, device="cpu")
     ours = lm_eval.simple_evaluate(model="lmforge", model_args=f"checkpoint={ckpt}", **common)
@@ -280,7 +255,7 @@ def test_cli_launcher_runs_lm_eval(tiny, tmp_path):
         {"context": "The cat sat on the", "choices": [" mat.", " dog and barked loudly.", " roof"], "gold": 2},
         {"context": "Question: What do plants take in?\nAnswer:", "choices": [" carbon dioxide", " helium"], "gold": 0},
     ]
-    _task_yaml(tmp_path, "lmforge_tiny_mc", rows)
+    lm_eval_task_yaml(tmp_path, "lmforge_tiny_mc", rows)
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])

@@ -16,12 +16,6 @@ from lmforge.errors import LmforgeError
 SEQ_LEN = 24
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

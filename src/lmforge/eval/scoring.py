@@ -115,14 +115,8 @@ def score_requests(
         return _score_tree(model, wants, batch_size=batch_size, max_logits_bytes=max_logits_bytes, vocab=vocab,
                            progress=progress, desc=desc)  # fmt: skip
 
-    # An input that is a prefix of another is computed within it: in sorted order, a prefix of
-    # any sequence is a prefix of its successor, so each chain is owned by its last member.
-    ordered = sorted(rows)
-    owner: dict[tuple[int, ...], tuple[int, ...]] = {}
-    for i in range(len(ordered) - 1, -1, -1):
-        seq = ordered[i]
-        nxt = ordered[i + 1] if i + 1 < len(ordered) else None
-        owner[seq] = owner[nxt] if nxt is not None and nxt[: len(seq)] == seq else seq
+    # An input that is a prefix of another is computed within it.
+    owner = _chain_owners(list(rows))
     forward_rows = sorted(set(owner.values()), key=lambda s: (-len(s), s))  # longest first: OOM shows at once
     readers: dict[tuple[int, ...], list[int]] = {}
     for i, want in enumerate(wants):
@@ -157,19 +151,26 @@ def score_requests(
             target = torch.tensor(targets, device=device)
             token_lp = logp.gather(1, target[:, None])[:, 0].double().cpu().tolist()
             greedy = (logp.argmax(-1) == target).cpu().tolist()
-            sums: dict[int, list] = {}
-            for i, lp, g in zip(owners, token_lp, greedy, strict=True):
-                acc = sums.setdefault(i, [0.0, 0, True])
-                acc[0] += lp
-                acc[1] += 1
-                acc[2] = acc[2] and g
-            for i, (lp, n, g) in sums.items():
-                results[i] = Score(lp, n, bool(g))
-            bar.update(len(sums))
+            bar.update(_collect(results, owners, token_lp, greedy))
     finally:
         bar.close()
         model.train(model_was_training)
-    return results  # type: ignore[return-value]
+    assert all(r is not None for r in results)  # every request was read off some row
+    return [r for r in results if r is not None]
+
+
+def _collect(results: list[Score | None], owners: list[int], token_lp: list[float], greedy: list[bool]) -> int:
+    """Sum per-token log-probs into each request's Score (greedy only if every token was);
+    returns how many requests were completed."""
+    sums: dict[int, list] = {}
+    for i, lp, g in zip(owners, token_lp, greedy, strict=True):
+        acc = sums.setdefault(i, [0.0, 0, True])
+        acc[0] += lp
+        acc[1] += 1
+        acc[2] = acc[2] and g
+    for i, (lp, n, g) in sums.items():
+        results[i] = Score(lp, n, bool(g))
+    return len(sums)
 
 
 def _batches(rows: list[tuple[int, ...]], batch_size: int, max_tokens: int) -> list[list[tuple[int, ...]]]:
@@ -330,19 +331,12 @@ def _score_tree(
             logits = F.linear(model.norm(picked), model.head_weight).float()  # (N, V)
             target = torch.tensor(targets, device=device)
             token_lp, greedy = _target_logprobs(logits, target)
-            sums: dict[int, list] = {}
-            for i, lp, g in zip(owners, token_lp, greedy, strict=True):
-                acc = sums.setdefault(i, [0.0, 0, True])
-                acc[0] += lp
-                acc[1] += 1
-                acc[2] = acc[2] and g
-            for i, (lp, n, g) in sums.items():
-                results[i] = Score(lp, n, bool(g))
-            bar.update(len(sums))
+            bar.update(_collect(results, owners, token_lp, greedy))
     finally:
         bar.close()
         model.train(model_was_training)
-    return results  # type: ignore[return-value]
+    assert all(r is not None for r in results)  # every request was read off some row
+    return [r for r in results if r is not None]
 
 
 def _target_logprobs(logits: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[bool]]:
