@@ -147,10 +147,7 @@ def score_requests(
                     targets += cont
                     owners += [i] * len(cont)
             picked = logits[torch.tensor(b_idx, device=device), torch.tensor(t_idx, device=device)].float()
-            logp = F.log_softmax(picked, dim=-1)  # (N, V)
-            target = torch.tensor(targets, device=device)
-            token_lp = logp.gather(1, target[:, None])[:, 0].double().cpu().tolist()
-            greedy = (logp.argmax(-1) == target).cpu().tolist()
+            token_lp, greedy = _target_logprobs(picked, torch.tensor(targets, device=device))  # picked: (N, V)
             bar.update(_collect(results, owners, token_lp, greedy))
     finally:
         bar.close()
