@@ -159,24 +159,26 @@ def sdpa_backends(args, device: torch.device) -> dict[str, float | str]:
 
 def max_micro_batch(args, world, ac: str) -> int:
     """Largest micro-batch (doubling from 1, then one bisection step) whose step fits in memory."""
-    def fits(mbs: int) -> bool:
+    def attempt(mbs: int) -> bool:
         trial = argparse.Namespace(**{**vars(args), "micro_batch": mbs, "compile": False})
         try:
-            step, info = lmforge_case(trial, world, activation_checkpointing=ac)
+            step, _ = lmforge_case(trial, world, activation_checkpointing=ac)
             step()
             sync(world.device)
             return True
         except torch.OutOfMemoryError:
             return False
-        finally:
-            info = step = None  # noqa: F841  (drop the module before the next try)
-            gc.collect()
-            torch.cuda.empty_cache()
+
+    def fits(mbs: int) -> bool:
+        ok = attempt(mbs)  # its module is unreachable once it returns
+        gc.collect()
+        torch.cuda.empty_cache()
+        return ok
 
     best, mbs = 0, 1
     while mbs <= 256 and fits(mbs):
         best, mbs = mbs, mbs * 2
-    if best and best * 3 // 2 > best and fits(best * 3 // 2):
+    if best >= 2 and fits(best * 3 // 2):  # one step between the last fit and the first failure
         best = best * 3 // 2
     return best
 

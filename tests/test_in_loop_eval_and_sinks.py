@@ -35,7 +35,7 @@ def test_in_loop_tasks_equal_lmforge_eval_on_the_checkpoint(token_data, tmp_path
     key = "eval/arc_easy:rc_0shot/acc_raw"
     scored = {r["step"]: r[key] for r in rows(run) if key in r}
     assert sorted(scored) == [0, 3, 6]
-    assert all(f"eval/arc_easy:rc_0shot/bits_per_byte" in r for r in rows(run) if key in r)
+    assert all("eval/arc_easy:rc_0shot/bits_per_byte" in r for r in rows(run) if key in r)
     offline = evaluate(run / "checkpoints" / "step-6", ["arc_easy"], limit=30, progress=False)
     assert scored[6] == offline["tasks"]["arc_easy:rc_0shot"]["primary_score"]
     from lmforge.plot import plot_run

@@ -171,9 +171,6 @@ class RunConfig(Config):
             "trainer.micro_batch_size",
             f"{t.micro_batch_size} must divide the {instances} instances of a batch (batch_tokens / seq_len)",
         )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
         if self.evals.tasks:
             require(self.tokenizer is not None, "evals.tasks",
                     "scoring tasks needs the run's tokenizer: set tokenizer (the tokenizer.json the data was made with)")
