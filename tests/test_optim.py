@@ -12,19 +12,39 @@ from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.trainer import Trainer
 
 
-def test_weight_decay_spares_embeddings_and_norms():
+@pytest.mark.parametrize("decay_embeddings", [False, True])
+def test_weight_decay_spares_embeddings_and_norms(decay_embeddings):
     """With zero gradients AdamW only decays: what moved is exactly what is decayed."""
-    model = ModelConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=4, mlp_hidden=64).build()
+    model_cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=4, mlp_hidden=64)
+    model = model_cfg.build()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.5))
+    opt = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.5, embedding_weight_decay=decay_embeddings),
+                          model_cfg)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
     for name, p in model.named_parameters():
         moved = not torch.equal(p, before[name])
-        assert moved == (name not in ("embed.weight",) and "norm" not in name), name
+        decayed = "norm" not in name and (decay_embeddings or name != "embed.weight")
+        assert moved == decayed, name
         if moved:
             torch.testing.assert_close(p, before[name] * (1 - 0.1 * 0.5))
+
+
+def test_mup_groups_scale_hidden_lr_and_keep_lr_times_decay():
+    """µP at width_mult 4: hidden matrices learn at lr/4 with decay ×4 (lr·wd unchanged),
+    embeddings, head and norms at lr; set_lr keeps the multipliers."""
+    from lmforge.train.optim import set_lr
+
+    model_cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=1, n_heads=4, mlp_hidden=128,
+                            parametrization="mup", mup_base_d_model=16)
+    opt = build_optimizer(model_cfg.build(), OptimConfig(lr=0.1, weight_decay=0.5), model_cfg)
+    set_lr(opt, 0.2)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert sorted(groups) == ["embedding", "head", "hidden", "norm"]
+    assert groups["hidden"]["lr"] == pytest.approx(0.05) and groups["hidden"]["weight_decay"] == pytest.approx(2.0)
+    assert groups["head"]["lr"] == groups["embedding"]["lr"] == groups["norm"]["lr"] == pytest.approx(0.2)
+    assert groups["head"]["weight_decay"] == 0.5 and groups["embedding"]["weight_decay"] == 0.0
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd", "constant"])

@@ -325,7 +325,7 @@ def _score_tree(
             mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
             picked = _tree_hidden(model, tokens.to(device), positions, mask[:, None],
                                   torch.tensor(b_idx, device=device), torch.tensor(t_idx, device=device))  # fmt: skip
-            logits = F.linear(model.norm(picked), model.head_weight).float()  # (N, V)
+            logits = F.linear(model.output_features(picked), model.head_weight).float()  # (N, V)
             target = torch.tensor(targets, device=device)
             token_lp, greedy = _target_logprobs(logits, target)
             bar.update(_collect(results, owners, token_lp, greedy))
@@ -380,21 +380,21 @@ def _tree_hidden(
         out[real] = t
         return out.view(B, T, *t.shape[1:]).transpose(1, 2)
 
-    for n, block in enumerate(model.blocks):
-        attn = block.attn
+    def attend(attn, h: torch.Tensor) -> torch.Tensor:  # (N, D) → (N, D), under `mask`
         H, K, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
-        q = attn.q_norm(attn.wq(x)).view(N, H, d)
-        k = attn.k_norm(attn.wk(x)).view(N, K, d)
-        v = attn.wv(x).view(N, K, d)
+        q, k, v = attn.qkv(h)
+        q, k, v = q.view(N, H, d), k.view(N, K, d), v.view(N, K, d)
         q, k, v = padded(apply_rope(q, cos, sin)), padded(apply_rope(k, cos, sin)), padded(v)
         if K != H:
             k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, d)
-        y = y.transpose(1, 2).reshape(B * T, H * d)[real]
-        x = x + block.attn_norm(attn.wo(y))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)  # (B, H, T, d)
+        return attn.wo(y.transpose(1, 2).reshape(B * T, H * d)[real])
+
+    for n, block in enumerate(model.blocks):
+        x = block.residual(x, lambda h, attn=block.attn: attend(attn, h), block.attn_norm)
         if n == last:  # the last MLP runs only where a position is read
             x = x[reads]
-        x = x + block.mlp_norm(block.mlp(x))
+        x = block.residual(x, block.mlp, block.mlp_norm)
     if not len(model.blocks):
         x = x[reads]
     return x

@@ -7,8 +7,9 @@ YAML ``model: {preset: olmo2-1b, n_layers: 8}`` (the other keys override the pre
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from lmforge.config import Config, require
 from lmforge.errors import ConfigError
@@ -56,7 +57,23 @@ class ModelConfig(Config):
     tie_embeddings: bool = False
     """Share the input embedding with the output head (OLMo 2 does not)."""
     init_std: float = 0.02
-    """Std of the truncated-normal (±3σ) init of every weight matrix."""
+    """Std of the truncated-normal (±3σ) init of every weight matrix (at the base width, under µP)."""
+
+    # -- architecture switches, for ablations (the defaults are OLMo 2) ------------------------
+    norm_placement: Literal["reordered", "pre"] = "reordered"
+    """reordered (OLMo 2): x + norm(sublayer(x)); pre (Llama, OLMo 0424): x + sublayer(norm(x))."""
+    qk_norm: bool = True
+    """RMSNorm over the full query and key projections before RoPE (OLMo 2); false = Llama/0424."""
+
+    # -- parametrization ------------------------------------------------------------------------
+    parametrization: Literal["standard", "mup"] = "standard"
+    """standard, or mup (µP, Tensor Programs V): hyperparameters tuned at mup_base_d_model carry
+    over to wider models. See `lmforge.model.parametrization` for the rules."""
+    mup_base_d_model: int | None = None
+    """µP: the width the hyperparameters (LR, init_std) were tuned at; at this width µP equals
+    standard. Assumes n_heads stays fixed as width grows (head_dim grows with it)."""
+    mup_output_multiplier: float = 1.0
+    """µP: logits are multiplied by this / width_mult (a tunable, like the LR, at the base width)."""
 
     def validate(self) -> None:
         for name in ("vocab_size", "vocab_multiple", "d_model", "n_layers", "n_heads", "mlp_hidden", "max_seq_len"):
@@ -78,11 +95,50 @@ class ModelConfig(Config):
                 "n_kv_heads",
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}",
             )
+        self._validate_mup()
+
+    def _validate_mup(self) -> None:
+        if self.parametrization != "mup":
+            return
+        base = self.mup_base_d_model
+        require(base is not None, "mup_base_d_model",
+                "parametrization: mup needs the width its hyperparameters were tuned at; set mup_base_d_model "
+                f"(e.g. the d_model of the small proxy model; {self.d_model} makes µP equal standard here)")
+        assert base is not None
+        require(base > 0 and base % self.n_heads == 0, "mup_base_d_model",
+                f"must be a positive multiple of n_heads={self.n_heads} (heads stay fixed across widths), got {base}")
+        require(self.mup_output_multiplier > 0, "mup_output_multiplier",
+                f"must be positive, got {self.mup_output_multiplier}")
+        require(not self.tie_embeddings, "tie_embeddings",
+                "µP treats the input embedding and the output head differently (init, LR, multiplier); "
+                "use tie_embeddings: false with parametrization: mup")
 
     # -- derived quantities --------------------------------------------------------------
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / mup_base_d_model under µP (what init, LR and logits are scaled by); 1 otherwise."""
+        if self.parametrization == "mup" and self.mup_base_d_model:
+            return self.d_model / self.mup_base_d_model
+        return 1.0
+
+    @property
+    def attn_scale(self) -> float:
+        """Multiplier of q·k in attention. Standard: 1/sqrt(head_dim). µP: 1/head_dim, written as
+        sqrt(base_head_dim)/head_dim so that it equals standard at the base width."""
+        if self.parametrization == "mup" and self.mup_base_d_model:
+            return math.sqrt(self.mup_base_d_model // self.n_heads) / self.head_dim
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def logit_multiplier(self) -> float:
+        """Multiplier of the output logits: µP's output_multiplier / width_mult; 1 otherwise."""
+        if self.parametrization == "mup":
+            return self.mup_output_multiplier / self.width_mult
+        return 1.0
 
     @property
     def kv_heads(self) -> int:

@@ -20,6 +20,7 @@ from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import staged_folder
 from lmforge.model.config import ModelConfig
 from lmforge.model.io import assign_weights
+from lmforge.model.parametrization import fold_multipliers
 from lmforge.model.transformer import Transformer
 
 if TYPE_CHECKING:
@@ -132,6 +133,22 @@ def model_config_from_hf(config: Mapping[str, Any], source: str) -> ModelConfig:
 # -- export ---------------------------------------------------------------------------------
 
 
+def check_exportable(cfg: ModelConfig) -> None:
+    """Refuse, naming the switch, a layout `Olmo2ForCausalLM` cannot represent. (µP is fine:
+    its multipliers fold into the weights.)"""
+    if cfg.norm_placement != "reordered":
+        raise LmforgeError(
+            f"model.norm_placement={cfg.norm_placement!r} cannot be exported to transformers' Olmo2ForCausalLM, "
+            "whose norms sit on each sublayer's output; only norm_placement: reordered exports"
+        )
+    if not cfg.qk_norm:
+        raise LmforgeError(
+            "model.qk_norm=false cannot be exported to transformers' Olmo2ForCausalLM, which always applies "
+            "QK-norm; only qk_norm: true exports"
+        )
+
+
+
 def to_hf(
     model: Transformer,
     out_dir: str | Path,
@@ -152,7 +169,9 @@ def to_hf(
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LmforgeError(f"{out_dir} already exists and is not empty; choose a new folder or pass overwrite")
     cfg = model.cfg
-    state = model.state_dict()
+    check_exportable(cfg)
+    # Under µP the logit multiplier and attention scale fold into the head and q_norm weights.
+    state = fold_multipliers(cfg, model.state_dict())
     dtype = dtype or state["embed.weight"].dtype
     tensors = {theirs: state[ours].detach().to("cpu", dtype).contiguous() for ours, theirs in key_map(cfg).items()}
     if tokenizer is not None:

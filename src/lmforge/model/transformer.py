@@ -6,6 +6,10 @@ OLMo 2 is a Llama-style decoder with three changes (OLMo 2 paper, section 3):
   2. QK-norm: RMSNorm over the full query and key projections, before RoPE;
   3. no biases anywhere, RoPE θ = 500,000.
 
+Two switches (`norm_placement`, `qk_norm`) turn it back into the pre-norm, no-QK-norm layout
+of Llama and OLMo 0424 for ablations, and `parametrization: mup` changes init, attention
+scale and an output multiplier (`lmforge.model.parametrization`); the defaults are OLMo 2.
+
 Everything here is plain math on one device: parallelism (FSDP, compile, activation
 checkpointing) wraps this module from `lmforge.parallel` and never reaches inside.
 Shapes in comments: B batch, T sequence, D d_model, H heads, K kv heads, d head_dim, V vocab,
@@ -24,6 +28,7 @@ from torch import nn
 
 from lmforge.model.config import ModelConfig
 from lmforge.model.loss import LossParts, linear_cross_entropy, lm_loss
+from lmforge.model.parametrization import init_std, param_kind
 
 
 class RMSNorm(nn.Module):
@@ -105,7 +110,7 @@ class KVSlot(NamedTuple):
 
 
 class Attention(nn.Module):
-    """Causal self-attention with QK-norm and optional grouped-query heads."""
+    """Causal self-attention with QK-norm (optional) and optional grouped-query heads."""
 
     def __init__(self, cfg: ModelConfig, device=None):
         super().__init__()
@@ -116,16 +121,25 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, kv_dim, bias=False, device=device)
         self.wo = nn.Linear(q_dim, cfg.d_model, bias=False, device=device)
         # OLMo 2 normalises the whole projection (all heads together), not each head.
-        self.q_norm = RMSNorm(q_dim, cfg.norm_eps, device=device)
-        self.k_norm = RMSNorm(kv_dim, cfg.norm_eps, device=device)
+        self.q_norm = RMSNorm(q_dim, cfg.norm_eps, device=device) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(kv_dim, cfg.norm_eps, device=device) if cfg.qk_norm else None
+        self.scale = cfg.attn_scale  # 1/sqrt(d); µP: 1/d (at the base width: 1/sqrt(d))
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value projections of x (..., D), after QK-norm: (..., H·d), (..., K·d) ×2."""
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, cache: KVSlot | None = None
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_norm(self.wq(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_norm(self.wk(x)).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        q, k, v = self.qkv(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, is_causal = None, True
         if cache is not None:
@@ -143,7 +157,8 @@ class Attention(nn.Module):
             # Each kv head serves H/K consecutive query heads (what transformers' repeat_kv does).
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           scale=self.scale)  # (B, H, T, d)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
 
@@ -161,10 +176,12 @@ class MLP(nn.Module):
 
 
 class OLMo2Block(nn.Module):
-    """Reordered-norm block: the norm sits on each sublayer's output, inside the residual."""
+    """Reordered-norm block: the norm sits on each sublayer's output, inside the residual
+    (or, with norm_placement: pre, on its input as in Llama)."""
 
     def __init__(self, cfg: ModelConfig, device=None):
         super().__init__()
+        self.reordered = cfg.norm_placement == "reordered"
         self.attn = Attention(cfg, device=device)
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, device=device)
         self.mlp = MLP(cfg, device=device)
@@ -173,8 +190,12 @@ class OLMo2Block(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, cache: KVSlot | None = None
     ) -> torch.Tensor:
-        x = x + self.attn_norm(self.attn(x, cos, sin, cache=cache))
-        return x + self.mlp_norm(self.mlp(x))
+        x = self.residual(x, lambda h: self.attn(h, cos, sin, cache=cache), self.attn_norm)
+        return self.residual(x, self.mlp, self.mlp_norm)
+
+    def residual(self, x: torch.Tensor, sublayer, norm: RMSNorm) -> torch.Tensor:
+        """x + norm(sublayer(x)) (reordered, OLMo 2) or x + sublayer(norm(x)) (pre-norm)."""
+        return x + norm(sublayer(x)) if self.reordered else x + sublayer(norm(x))
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -198,6 +219,7 @@ class Transformer(nn.Module):
         # state dicts, optimizers and FSDP see the shared matrix exactly once.
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, V, bias=False, device=meta)
         # Not saved in checkpoints: it is a pure function of the config.
+        self.logit_scale = cfg.logit_multiplier  # 1, or µP's output multiplier / width_mult
         self.register_buffer("rope_inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta, meta), persistent=False)
         target = torch.device(device) if device is not None else torch.get_default_device()
         if target.type != "meta":
@@ -206,7 +228,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """OLMo 2 init: every matrix ~ N(0, init_std) truncated at ±3σ, every norm weight 1.
+        """OLMo 2 init: every matrix ~ N(0, init_std) truncated at ±3σ, every norm weight 1
+        (under µP hidden matrices use init_std/sqrt(width_mult): `parametrization.init_std`).
 
         Each parameter draws from its own generator seeded by (seed, name), so the weights do
         not depend on the order parameters are visited in or on how they are sharded: a
@@ -223,16 +246,13 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_parameter(self, name: str, out: torch.Tensor, seed: int) -> None:
         """Fill `out` (a plain tensor shaped like parameter `name`) with its initial value."""
-        if name in self._norm_weights:
+        kind = param_kind(name)
+        if kind == "norm":
             out.fill_(1.0)
             return
         generator = torch.Generator(device=out.device).manual_seed(param_seed(seed, name))
-        std = self.cfg.init_std
+        std = init_std(self.cfg, kind)
         nn.init.trunc_normal_(out, 0.0, std, -3 * std, 3 * std, generator=generator)
-
-    @property
-    def _norm_weights(self) -> set[str]:
-        return {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, RMSNorm)}
 
     def reset_buffers(self) -> None:
         """Recompute the non-persistent RoPE buffer on the device of the weights (after
@@ -251,6 +271,12 @@ class Transformer(nn.Module):
         n = self.cfg.n_layers
         return KVCache(k=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
                        v=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)])
+
+    def output_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head multiplies: the final norm of the last hidden states, times µP's logit
+        multiplier (scaling the features scales the logits, and works for the fused loss too)."""
+        x = self.norm(x)
+        return x * self.logit_scale if self.logit_scale != 1.0 else x
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -286,7 +312,7 @@ class Transformer(nn.Module):
             x = block(x, cos, sin) if cache is None else block(x, cos, sin, cache=cache.slot(i))
         if cache is not None:
             cache.length += T
-        x = self.norm(x)
+        x = self.output_features(x)
         if targets is None:
             return F.linear(x, self.head_weight)  # (B, T, V)
         if loss_chunk_tokens > 0:

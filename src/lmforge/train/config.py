@@ -39,11 +39,14 @@ class OptimConfig(Config):
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
-    """Decoupled weight decay on weight matrices; never on embeddings or norms (OLMo 2)."""
+    """Decoupled weight decay on weight matrices; never on norms, nor on embeddings (OLMo 2)
+    unless embedding_weight_decay."""
+    embedding_weight_decay: bool = False
+    """Decay the input embedding too (OLMo 0424 did; OLMo 2 found it hurts stability)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     z_loss: float = 1e-5
-    """Weight of the z-loss, logsumexp(logits)², which keeps logits from drifting."""
+    """Weight of the z-loss, logsumexp(logits)², which keeps logits from drifting; 0 turns it off."""
     schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
     """After warmup: cosine to min_lr_ratio·lr, linear to 0, warmup-stable-decay, or flat."""
     warmup_steps: int = 100

@@ -39,7 +39,7 @@ class TrainModule:
         model.to_empty(device=self.device)
         init_weights(model, cfg.trainer.seed, self.device)
         self.model = model
-        self.optimizer = build_optimizer(model, cfg.optim, fused=self.device.type == "cuda")
+        self.optimizer = build_optimizer(model, cfg.optim, cfg.model, fused=self.device.type == "cuda")
         self.micro_batch_size = cfg.trainer.micro_batch_size
         self.loss_chunk_tokens = cfg.parallel.loss_chunk_for(self.device.type)
         # FSDP averages gradients over the data-parallel ranks; our loss is already a mean

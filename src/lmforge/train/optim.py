@@ -1,4 +1,9 @@
-"""AdamW with OLMo 2's parameter groups, and the learning-rate schedules."""
+"""AdamW with one parameter group per kind of parameter, and the learning-rate schedules.
+
+The groups (embedding, hidden, head, norm) carry their weight decay and LR multiplier from
+`lmforge.model.parametrization`: OLMo 2 decays weight matrices only, and µP scales hidden
+matrices' LR by 1/width_mult.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,20 @@ import math
 import torch
 from torch import nn
 
+from lmforge.model.config import ModelConfig
+from lmforge.model.parametrization import optimizer_groups
 from lmforge.train.config import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices only: OLMo 2 found decaying the embedding hurts, and norms are
-    scales, not weights to shrink."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_embedding = name.endswith("embed.weight")
-        (no_decay if p.ndim < 2 or is_embedding else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_optimizer(model: nn.Module, cfg: OptimConfig, *, fused: bool = False) -> torch.optim.Optimizer:
-    """AdamW; `fused` (one kernel for all parameters) on GPU, the foreach version on CPU."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, model_cfg: ModelConfig, *, fused: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW over `model` (built from `model_cfg`); `fused` (one kernel for all parameters) on
+    GPU, the foreach version on CPU."""
+    groups = optimizer_groups(model, model_cfg, weight_decay_base=cfg.weight_decay,
+                              decay_embeddings=cfg.embedding_weight_decay)
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
+        groups,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
