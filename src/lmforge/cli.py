@@ -164,10 +164,71 @@ def cmd_analyze_spikes(args: argparse.Namespace) -> None:
     print(f"wrote {plot_spikes(args.run, spikes, args.out)}")
 
 
+def cmd_analyze_coord_check(args: argparse.Namespace) -> None:
+    from lmforge.experiments.coord_check import coord_check, format_table, write_coord_check
+    from lmforge.train.config import RunConfig
+
+    try:
+        widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    except ValueError:
+        raise LmforgeError(f"--widths: expected comma-separated integers like 64,128,256, got {args.widths!r}") \
+            from None
+    cfg = RunConfig.from_yaml(args.config, args.set)
+    result = coord_check(cfg, widths, steps=args.steps, seeds=args.seeds, lr=args.lr, progress=True)
+    print(format_table(result))
+    out = Path(args.out) if args.out else Path(args.config).parent / "coord-check"
+    json_path, png_path = write_coord_check(result, out)
+    print(f"wrote {json_path} and {png_path}")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from lmforge.plot import plot_run
 
     print(f"wrote {plot_run(args.run, args.out)}")
+
+
+def cmd_ladder(args: argparse.Namespace) -> None:
+    from lmforge.experiments.ladder import load_ladder, parse_count, predict, run_ladder
+
+    target, predicting = list(args.target), args.target[0] == "predict"
+    if predicting:
+        if len(target) != 2 or args.fit_only:
+            raise LmforgeError("usage: lmforge ladder predict LADDER.yaml --params N --tokens D")
+        if args.params is None or args.tokens is None:
+            raise LmforgeError("lmforge ladder predict needs --params N and --tokens D "
+                               "(e.g. --params 1.2e9 --tokens 2.4e10)")
+        cfg = load_ladder(target[1], args.set)
+        result = predict(cfg, parse_count(args.params), parse_count(args.tokens))
+        n, d = result["params"], result["tokens"]
+        print(f"N={n:.4g} params, D={d:.4g} tokens ({d / n:.3g} per param):")
+        print(f"  loss {_interval_text(result['loss'], 4)}")
+        for spec, t in result["tasks"].items():
+            print(f"  {spec}: accuracy {_interval_text(t['acc'], 3)}, gold bits/byte {_interval_text(t['bpb'], 4)}")
+        return
+    if len(target) != 1:
+        raise LmforgeError(f"lmforge ladder takes one LADDER.yaml (or `ladder predict LADDER.yaml ...`), "
+                           f"got {' '.join(target)}")
+    if args.params is not None or args.tokens is not None:
+        raise LmforgeError("--params and --tokens go with `lmforge ladder predict LADDER.yaml`")
+    cfg = load_ladder(target[0], args.set)
+    fit = run_ladder(cfg, fit_only=args.fit_only)
+    law = fit["law"]
+    print(f"L(N, D) = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} + {law['B']:.4g}/D^{law['beta']:.4g} "
+          f"from {len(fit['points'])} points ({fit['bootstrap']['fits']} bootstrap fits)")
+    for h in fit["holdout"]:
+        inside = {True: "inside", False: "OUTSIDE", None: "no"}[h["inside"]]
+        print(f"  held out {h['name']}: actual {h['actual']:.4f}, predicted {_interval_text(h['predicted'], 4)}, "
+              f"error {h['relative_error']:.2%} ({inside} the interval)")
+    if fit["missing"]:
+        print(f"  not yet trained: {', '.join(fit['missing'])}")
+    files = ("results.jsonl", "fit.json", "ladder.png", "ladder.md")
+    print(f"wrote {', '.join(str(Path(cfg.out) / f) for f in files)}")
+
+
+def _interval_text(p: dict, digits: int) -> str:
+    if p["low"] is None:
+        return f"{p['value']:.{digits}f} (no interval: no bootstrap fits)"
+    return f"{p['value']:.{digits}f} ({p['level']:.0%} interval {p['low']:.{digits}f} to {p['high']:.{digits}f})"
 
 
 def cmd_curate(args: argparse.Namespace) -> None:
@@ -291,10 +352,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-verify", type=int, default=500, help="candidates to verify by prompting")
     p.add_argument("--no-verify", action="store_true", help="indicators only")
     p.add_argument("--out", help="folder for undertrained.json and undertrained.md (default: the checkpoint)")
+    p = add("coord-check", cmd_analyze_coord_check,
+            "µP coordinate check: train a config at several widths a few steps; activation sizes per width.", analyze)
+    p.add_argument("config", help="run config YAML (its model is resized to each width)")
+    p.add_argument("--widths", required=True, help="comma-separated d_model values, e.g. 64,128,256,512")
+    p.add_argument("--steps", type=int, default=5, help="optimizer steps per width")
+    p.add_argument("--seeds", type=int, default=2, help="seeds averaged per width")
+    p.add_argument("--lr", type=float, default=None, help="constant learning rate (default: the config's optim.lr)")
+    p.add_argument("--out", help="folder for coord_check.json and .png (default: coord-check/ beside the config)")
+    p.add_argument("--set", action="append", default=[], metavar="DOTTED=VALUE",
+                   help="config override, e.g. --set model.parametrization=mup (repeatable)")
 
     p = add("plot", cmd_plot, "Plot a run's loss, learning rate and grad norm to loss.png.")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", help="PNG path (default RUN/loss.png)")
+
+    p = sub.add_parser(
+        "ladder", help="Train a model ladder (sizes × token budgets), fit a scaling law, predict larger models.",
+        usage="lmforge ladder LADDER.yaml [--fit-only] [--set DOTTED=VALUE ...]\n"
+              "       lmforge ladder predict LADDER.yaml --params N --tokens D [--set DOTTED=VALUE ...]",
+        description="Two forms:\n"
+                    "  lmforge ladder LADDER.yaml        train every run of the ladder with no row in\n"
+                    "                                    OUT/results.jsonl yet (interrupted ones resume), then fit\n"
+                    "                                    L(N, D) = E + A/N^alpha + B/D^beta and write OUT/fit.json,\n"
+                    "                                    OUT/ladder.png and OUT/ladder.md\n"
+                    "  lmforge ladder predict LADDER.yaml --params N --tokens D\n"
+                    "                                    the fitted loss (and task accuracies) at N non-embedding\n"
+                    "                                    parameters and D tokens, with intervals, from OUT/fit.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(fn=cmd_ladder)
+    p.add_argument("target", nargs="+", metavar="[predict] LADDER.yaml",
+                   help="the ladder YAML (configs/experiments/ladder/demo.yaml), after `predict` for a prediction")
+    p.add_argument("--fit-only", action="store_true", help="train nothing: fit the rows already in results.jsonl")
+    p.add_argument("--set", action="append", default=[], metavar="DOTTED=VALUE",
+                   help="ladder config override, e.g. --set sizes=[32,64,96] or --set n_boot=500 (repeatable)")
+    p.add_argument("--params", metavar="N", help="predict: non-embedding parameters (1.2e9, 1.2B, 350M)")
+    p.add_argument("--tokens", metavar="D", help="predict: training tokens (2.4e10, 24B)")
 
     p = add("model-info", cmd_model_info, "Parameter counts and training FLOPs/token of the presets.")
     p.add_argument("presets", nargs="*", help="preset names (default: all)")

@@ -42,6 +42,34 @@ def unigram_entropy(files: TokenFiles) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def prepare_data(out: Path, *, verbose: bool = True) -> tuple[Tokenizer, float]:
+    """The demo corpus's BPE tokenizer (OUT/tokenizer.json) and token folders
+    (OUT/tokens/train, OUT/tokens/val), made once and reused; returns the tokenizer and the
+    training tokens' unigram entropy. The experiments under experiments/ train on these too."""
+    say = print if verbose else (lambda *a, **k: None)
+    say("== 1. tokenizer: byte-level BPE trained on the demo corpus")
+    tok_path = out / "tokenizer.json"
+    if tok_path.exists():
+        tokenizer = Tokenizer.load(tok_path)
+    else:
+        tokenizer = train_bpe([CORPUS / "train.jsonl.gz"], vocab_size=4096, show_progress=False)
+        tokenizer.save(tok_path)
+    say(f"   {tok_path}: {tokenizer.vocab_size} ids")
+
+    say("== 2. tokenize train and validation splits")
+    for split in ("train", "val"):
+        folder = out / "tokens" / split
+        meta_ok = (folder / "meta.json").exists() and TokenFiles(folder).tokenizer_fingerprint == tokenizer.fingerprint
+        if not meta_ok:
+            tokenize([CORPUS / f"{split}.jsonl.gz"], tokenizer, folder, workers=1, overwrite=True, progress=False)
+        files = TokenFiles(folder)
+        say(f"   {folder}: {files.meta['num_documents']:,} documents, {files.num_tokens:,} tokens")
+    entropy = unigram_entropy(TokenFiles(out / "tokens" / "train"))
+    say(f"   unigram entropy of the training tokens: {entropy:.3f} nats/token")
+
+    return tokenizer, entropy
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/demo", help="folder for everything the demo makes")
@@ -50,25 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     started = time.perf_counter()
 
-    print("== 1. tokenizer: byte-level BPE trained on the demo corpus")
+    tokenizer, entropy = prepare_data(out)
     tok_path = out / "tokenizer.json"
-    if tok_path.exists():
-        tokenizer = Tokenizer.load(tok_path)
-    else:
-        tokenizer = train_bpe([CORPUS / "train.jsonl.gz"], vocab_size=4096, show_progress=False)
-        tokenizer.save(tok_path)
-    print(f"   {tok_path}: {tokenizer.vocab_size} ids")
-
-    print("== 2. tokenize train and validation splits")
-    for split in ("train", "val"):
-        folder = out / "tokens" / split
-        meta_ok = (folder / "meta.json").exists() and TokenFiles(folder).tokenizer_fingerprint == tokenizer.fingerprint
-        if not meta_ok:
-            tokenize([CORPUS / f"{split}.jsonl.gz"], tokenizer, folder, workers=1, overwrite=True, progress=False)
-        files = TokenFiles(folder)
-        print(f"   {folder}: {files.meta['num_documents']:,} documents, {files.num_tokens:,} tokens")
-    entropy = unigram_entropy(TokenFiles(out / "tokens" / "train"))
-    print(f"   unigram entropy of the training tokens: {entropy:.3f} nats/token")
 
     print("== 3. train a tiny OLMo 2 on CPU")
     overrides = [f"--trainer.run_dir={out / 'run'}", f"--data.train=[{out / 'tokens' / 'train'}]",
