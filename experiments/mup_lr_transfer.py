@@ -21,7 +21,8 @@ lr_transfer.md (the same as a table).
     python experiments/mup_lr_transfer.py --out /tmp/lrt-quick --quick         # smoke: 8 short runs
     python experiments/mup_lr_transfer.py --out runs/mup-lr-transfer --report  # tables/plot only
 
-Runtime estimate (full sweep: 6 LRs 2^-10 … 2^-5 × 4 widths × 2 parametrizations = 48 runs).
+Runtime: the full sweep (6 LRs 2^-10 … 2^-5 × 4 widths × 2 parametrizations = 48 runs) took 9 minutes
+on 2 free cores (2026-11-28). The estimate made before it was run:
 Measured while the 2 cores were shared with other jobs (load ≈ 7): a width-512 run trained at
 ~450 tokens/s wall, ~900 tokens per CPU-second. Training FLOPs per token at widths
 64/128/256/512 are ≈ 0.04/0.11/0.31/1 of width 512's (vocab-4096 head included), so a
