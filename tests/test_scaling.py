@@ -13,11 +13,11 @@ from lmforge.analysis.scaling import (
     bootstrap_task_laws,
     fit_loss_law,
     fit_task_law,
-    plot_ladder,
     predict_accuracy,
     predict_loss,
     relative_error,
 )
+from lmforge.analysis.scaling_plot import plot_ladder
 from lmforge.errors import LmforgeError
 
 CHINCHILLA = LossLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022, eq. 10
