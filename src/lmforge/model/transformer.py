@@ -218,8 +218,8 @@ class Transformer(nn.Module):
         # With tied embeddings there is no head module: logits use embed.weight directly, so
         # state dicts, optimizers and FSDP see the shared matrix exactly once.
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, V, bias=False, device=meta)
-        # Not saved in checkpoints: it is a pure function of the config.
         self.logit_scale = cfg.logit_multiplier  # 1, or µP's output multiplier / width_mult
+        # Not saved in checkpoints: it is a pure function of the config.
         self.register_buffer("rope_inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta, meta), persistent=False)
         target = torch.device(device) if device is not None else torch.get_default_device()
         if target.type != "meta":
