@@ -86,7 +86,9 @@ def cmd_get_tokenizer(args: argparse.Namespace) -> None:
 def cmd_tokenize(args: argparse.Namespace) -> None:
     from lmforge.data.tokenize import tokenize
 
-    meta = tokenize(args.inputs, args.tokenizer, args.out, workers=args.workers, overwrite=args.overwrite)
+    meta = tokenize(
+        args.inputs, args.tokenizer, args.out, workers=args.workers, overwrite=args.overwrite, strict=args.strict
+    )
     mb = meta["text_bytes"] / 1e6
     print(
         f"wrote {args.out}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens ({meta['dtype']}), "
@@ -410,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores, or 1 where the tiktoken fast path threads)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first bad line or unreadable file (default: skip them, listed in OUT/rejects.jsonl)")
 
     p = add("curate", cmd_curate, "Filter, deduplicate and decontaminate documents (a pipeline YAML).", data)
     p.add_argument("pipeline", nargs="?", help="pipeline YAML (input, output, steps)")
