@@ -201,6 +201,7 @@ def test_pii_step_in_a_curate_pipeline(tmp_path, corpus):
     assert step["label"] == "pii" and step["docs_in"] == step["docs_out"] == len(rows) and step["removed"] == {}
     written = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert written["steps"][0]["docs_out"] == len(rows)
+    assert step["counted"] == written["steps"][0]["counted"] == counts  # totals in stats.json
 
 
 @pytest.mark.parametrize("options,message", [

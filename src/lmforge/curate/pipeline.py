@@ -203,7 +203,8 @@ class _Counts:
         e = self.data.get(label)
         if e is None:
             e = self.data[label] = {"docs_in": 0, "docs_out": 0, "tokens_in": 0, "tokens_out": 0,
-                                    "removed": Counter(), "sources": defaultdict(lambda: [0, 0, 0, 0])}  # fmt: skip
+                                    "removed": Counter(), "sources": defaultdict(lambda: [0, 0, 0, 0]),
+                                    "counted": Counter()}  # fmt: skip
         return e
 
     def add(self, label: str, source: str, *, docs_in: int = 0, docs_out: int = 0, tokens_in: int = 0,
@@ -221,8 +222,15 @@ class _Counts:
         if reason:
             e["removed"][reason] += 1
 
+    def add_values(self, label: str, values: dict[str, Any], keys: tuple[str, ...]) -> None:
+        """Sum a step's counted verdict values (`Step.counted_values`)."""
+        counted = self._entry(label)["counted"]
+        for key in keys:
+            counted[key] += values.get(key) or 0
+
     def to_json(self) -> dict[str, Any]:
-        return {k: {**v, "removed": dict(v["removed"]), "sources": dict(v["sources"])} for k, v in self.data.items()}
+        return {k: {**v, "removed": dict(v["removed"]), "sources": dict(v["sources"]), "counted": dict(v["counted"])}
+                for k, v in self.data.items()}
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -273,6 +281,8 @@ def run_task(task: Task) -> dict[str, Any]:
                     before = doc.text
                     verdict = step(doc)
                     _record(doc, step_label, verdict)
+                    if step.counted_values:
+                        counts.add_values(step_label, verdict.values, step.counted_values)
                     tokens = _count(counts, step_label, doc, before, tokens, verdict, count_tokens)
                     if not verdict.kept:
                         break

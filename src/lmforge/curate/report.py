@@ -16,10 +16,11 @@ def merge_stats(steps: list[Step], markers: list[dict], resolves: dict[str, dict
     for m in markers:
         for label, e in m["steps"].items():
             t = per_step.setdefault(label, {"docs_in": 0, "docs_out": 0, "tokens_in": 0, "tokens_out": 0,
-                                            "removed": Counter(), "sources": {}})  # fmt: skip
+                                            "removed": Counter(), "sources": {}, "counted": Counter()})  # fmt: skip
             for k in ("docs_in", "docs_out", "tokens_in", "tokens_out"):
                 t[k] += e[k]
             t["removed"].update(e["removed"])
+            t["counted"].update(e.get("counted", {}))
             for src, vals in e["sources"].items():
                 acc = t["sources"].setdefault(src, [0, 0, 0, 0])
                 for i, v in enumerate(vals):
@@ -35,6 +36,7 @@ def merge_stats(steps: list[Step], markers: list[dict], resolves: dict[str, dict
             "label": step.label, "step": step.name, **{k: t[k] for k in ("docs_in", "docs_out", "tokens_in", "tokens_out")},
             "removed": dict(sorted(t["removed"].items(), key=lambda kv: -kv[1])),
             "sources": {s: dict(zip(("docs_in", "docs_out", "tokens_in", "tokens_out"), v)) for s, v in sorted(t["sources"].items())},
+            **({"counted": dict(t["counted"])} if t.get("counted") else {}),
             **({"resolve": resolves[step.label]} if step.label in resolves else {}),
         })  # fmt: skip
     written = sum(m["written"] for m in last)

@@ -103,6 +103,9 @@ class Step:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[Config]] = Config
+    counted_values: ClassVar[tuple[str, ...]] = ()
+    """Verdict values that are counts (e.g. e-mails masked): the pipeline's stats.json gives
+    their totals per step under "counted"."""
 
     def __init__(self, config: Config, *, label: str | None = None):
         self.config = config
