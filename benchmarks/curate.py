@@ -150,7 +150,9 @@ def main() -> None:
             run_datatrove(Path(args._corpus), Path(args._out), args.workers, args.files)
         return
 
-    from lmforge.curate.sample_corpus import build_sample_corpus, write_sample_corpus
+    # The generated test corpus lives with the tests (it is test data, not part of the package).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from sample_corpus import build_sample_corpus, write_sample_corpus
 
     tmp = Path(tempfile.mkdtemp(prefix="lmforge-bench-curate-"))
     corpus = build_sample_corpus(n_docs=args.docs, seed=args.seed)

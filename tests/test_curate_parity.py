@@ -29,7 +29,7 @@ import pytest
 pytest.importorskip("datatrove")
 pytest.importorskip("spacy")
 
-from lmforge.curate.sample_corpus import build_sample_corpus  # noqa: E402
+from sample_corpus import build_sample_corpus  # noqa: E402
 from lmforge.curate.text import PUNCTUATION_SET, TERMINAL_PUNCTUATION, SpacyWords  # noqa: E402
 
 # Configurations compared, per filter: the defaults first, then others (field names are the

@@ -19,7 +19,7 @@ import yaml
 
 from lmforge.curate.minhash import MinHashConfig, MinHashDedup, shingle_hashes, simplify
 from lmforge.curate.pipeline import CurateConfig, curate
-from lmforge.curate.sample_corpus import build_sample_corpus, write_sample_corpus
+from sample_corpus import build_sample_corpus, write_sample_corpus
 from lmforge.curate.text import SpacyWords
 from lmforge.errors import ConfigError
 

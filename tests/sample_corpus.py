@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-DEMO_CORPUS = Path(__file__).resolve().parents[3] / "data" / "demo" / "train.jsonl.gz"
+DEMO_CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo" / "train.jsonl.gz"
 
 
 @dataclass
