@@ -184,7 +184,7 @@ class DecontaminateConfig(Config):
 
 
 @register_step("decontaminate")
-class Decontaminate(DocumentStep):
+class Decontaminate(DocumentStep[DecontaminateConfig]):
     """Documents with `min_matches` or more distinct n-grams of the evaluation texts are
     contaminated: removed as `eval_overlap`, or only flagged. Every verdict records `matches`
     (distinct evaluation n-grams found), `task` (the first entry of tasks, then eval_files,
@@ -200,7 +200,7 @@ class Decontaminate(DocumentStep):
         self.stats: dict[str, Any] = {}
 
     def input_files(self) -> list[str]:
-        return list(self.config.eval_files)  # type: ignore[attr-defined]  (OLMES files are pinned by version)
+        return list(self.config.eval_files)  # OLMES files are pinned by version
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -209,7 +209,7 @@ class Decontaminate(DocumentStep):
 
     def setup(self) -> None:
         if self._index is None:
-            self._index, self._lengths, self.task_names, self.stats = load_index(self.config)  # type: ignore[arg-type]
+            self._index, self._lengths, self.task_names, self.stats = load_index(self.config)
 
     def check(self, text: str) -> tuple[int, str]:
         """(distinct evaluation n-grams in `text`, first task they belong to or '')."""
@@ -224,8 +224,8 @@ class Decontaminate(DocumentStep):
 
     def __call__(self, doc: CurateDocument) -> Verdict:
         matches, task = self.check(doc.text)
-        contaminated = matches >= self.config.min_matches  # type: ignore[attr-defined]
-        if contaminated and self.config.mode == "remove":  # type: ignore[attr-defined]
+        contaminated = matches >= self.config.min_matches
+        if contaminated and self.config.mode == "remove":
             return Verdict.remove("eval_overlap", matches=matches, task=task, contaminated=True)
         return Verdict.keep(matches=matches, task=task, contaminated=contaminated)
 

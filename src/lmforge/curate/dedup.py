@@ -29,11 +29,11 @@ class ExactDedupConfig(Config):
 
 
 @register_step("exact_dedup")
-class ExactDedup(GlobalStep):
+class ExactDedup(GlobalStep[ExactDedupConfig]):
     Config = ExactDedupConfig
 
     def signature(self, doc: CurateDocument) -> Any:
-        c: ExactDedupConfig = self.config  # type: ignore[assignment]
+        c = self.config
         text = doc.text
         if c.unicode_nfkc:
             text = unicodedata.normalize("NFKC", text)
@@ -76,11 +76,11 @@ def normalise_url(url: str) -> str | None:
 
 
 @register_step("url_dedup")
-class UrlDedup(GlobalStep):
+class UrlDedup(GlobalStep[UrlDedupConfig]):
     Config = UrlDedupConfig
 
     def signature(self, doc: CurateDocument) -> Any:
-        url = doc.metadata.get(self.config.url_field)  # type: ignore[attr-defined]
+        url = doc.metadata.get(self.config.url_field)
         return doc.id, normalise_url(url) if isinstance(url, str) and url.strip() else None
 
     def resolve(self, shards: Iterable[list[Any]]) -> list[dict[int, Any]]:

@@ -55,11 +55,11 @@ class GopherQualityConfig(Config):
 
 
 @register_step("gopher_quality")
-class GopherQuality(DocumentStep):
+class GopherQuality(DocumentStep[GopherQualityConfig]):
     Config = GopherQualityConfig
 
     def __call__(self, doc: CurateDocument) -> Verdict:
-        c: GopherQualityConfig = self.config  # type: ignore[assignment]
+        c = self.config
         text, words = doc.text, doc.words
         n_words = len(words)
         content_words = [w for w in words if not PUNCTUATION_SET.issuperset(w)]
@@ -207,11 +207,11 @@ def repeated_ngram_chars(words: WordOffsets, n: int) -> int:
 
 
 @register_step("gopher_repetition")
-class GopherRepetition(DocumentStep):
+class GopherRepetition(DocumentStep[GopherRepetitionConfig]):
     Config = GopherRepetitionConfig
 
     def __call__(self, doc: CurateDocument) -> Verdict:
-        c: GopherRepetitionConfig = self.config  # type: ignore[assignment]
+        c = self.config
         text = doc.text
         if not text:
             return Verdict.remove("empty")
@@ -282,11 +282,11 @@ class C4QualityConfig(Config):
 
 
 @register_step("c4_quality")
-class C4Quality(DocumentStep):
+class C4Quality(DocumentStep[C4QualityConfig]):
     Config = C4QualityConfig
 
     def __call__(self, doc: CurateDocument) -> Verdict:
-        c: C4QualityConfig = self.config  # type: ignore[assignment]
+        c = self.config
         sentences = 0
         kept: list[str] = []
         dropped = 0
@@ -348,16 +348,16 @@ class FineWebQualityConfig(Config):
 
 
 @register_step("fineweb_quality")
-class FineWebQuality(DocumentStep):
+class FineWebQuality(DocumentStep[FineWebQualityConfig]):
     Config = FineWebQualityConfig
 
     def __init__(self, config: Config, *, label: str | None = None):
         super().__init__(config, label=label)
-        stop = self.config.stop_chars  # type: ignore[attr-defined]
+        stop = self.config.stop_chars
         self._stop_chars = tuple(TERMINAL_PUNCTUATION if stop is None else stop)
 
     def __call__(self, doc: CurateDocument) -> Verdict:
-        c: FineWebQualityConfig = self.config  # type: ignore[assignment]
+        c = self.config
         text = doc.text
         lines = [line for line in text.split("\n") if line.strip() != ""]
         if not lines:
@@ -395,11 +395,11 @@ class LengthConfig(Config):
 
 
 @register_step("length")
-class Length(DocumentStep):
+class Length(DocumentStep[LengthConfig]):
     Config = LengthConfig
 
     def __call__(self, doc: CurateDocument) -> Verdict:
-        c: LengthConfig = self.config  # type: ignore[assignment]
+        c = self.config
         chars = len(doc.text)
         words = len(doc.text.split())
         if c.min_chars is not None and chars < c.min_chars:
@@ -432,14 +432,14 @@ class UrlBlocklistConfig(Config):
 
 
 @register_step("url_blocklist")
-class UrlBlocklist(DocumentStep):
+class UrlBlocklist(DocumentStep[UrlBlocklistConfig]):
     Config = UrlBlocklistConfig
 
     def input_files(self) -> list[str]:
-        return list(self.config.domain_files)  # type: ignore[attr-defined]
+        return list(self.config.domain_files)
 
     def setup(self) -> None:
-        c: UrlBlocklistConfig = self.config  # type: ignore[assignment]
+        c = self.config
         domains = {d.strip().lower().lstrip(".") for d in c.domains}
         for path in c.domain_files:
             with open(path, encoding="utf-8") as f:
@@ -448,7 +448,7 @@ class UrlBlocklist(DocumentStep):
         self._banned = [s.lower() for s in c.banned_substrings]
 
     def __call__(self, doc: CurateDocument) -> Verdict:
-        c: UrlBlocklistConfig = self.config  # type: ignore[assignment]
+        c = self.config
         url = doc.metadata.get(c.url_field)
         if not isinstance(url, str) or not url:
             return Verdict.remove("no_url") if c.remove_missing_url else Verdict.keep()
@@ -486,24 +486,24 @@ class TokenRepetitionConfig(Config):
 
 
 @register_step("token_repetition")
-class TokenRepetition(DocumentStep):
+class TokenRepetition(DocumentStep[TokenRepetitionConfig]):
     Config = TokenRepetitionConfig
 
     def input_files(self) -> list[str]:
-        path = Path(self.config.tokenizer)  # type: ignore[attr-defined]
+        path = Path(self.config.tokenizer)
         return [str(path / "tokenizer.json" if path.is_dir() else path)] if path.exists() else []
 
     def setup(self) -> None:
         from lmforge.data.tokenizer import load_tokenizer
 
-        self._tokenizer = load_tokenizer(self.config.tokenizer)  # type: ignore[attr-defined]
+        self._tokenizer = load_tokenizer(self.config.tokenizer)
 
     def __call__(self, doc: CurateDocument) -> Verdict:
         import numpy as np
 
         from lmforge.data.repetition import longest_repetition
 
-        c: TokenRepetitionConfig = self.config  # type: ignore[assignment]
+        c = self.config
         ids = np.asarray(self._tokenizer.encode(doc.text), dtype=np.int64)
         period, times = longest_repetition(ids, c.max_period)
         if times >= c.min_repeats:

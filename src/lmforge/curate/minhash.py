@@ -116,16 +116,16 @@ def minhash_signatures(shingles: list[np.ndarray], a: np.ndarray, b: np.ndarray,
 
 
 @register_step("minhash_dedup")
-class MinHashDedup(GlobalStep):
+class MinHashDedup(GlobalStep[MinHashConfig]):
     Config = MinHashConfig
 
     def setup(self) -> None:
-        c: MinHashConfig = self.config  # type: ignore[assignment]
+        c = self.config
         self._a, self._b = hash_parameters(c.bands * c.rows, c.seed)
 
     def signature(self, doc: CurateDocument) -> Any:
         words = doc.split_words(simplify(doc.text))
-        return doc.id, shingle_hashes(words, self.config.ngram)  # type: ignore[attr-defined]
+        return doc.id, shingle_hashes(words, self.config.ngram)
 
     def save_signatures(self, signatures: list[Any], path: Path) -> None:
         ids = [doc_id for doc_id, _ in signatures]
@@ -140,7 +140,7 @@ class MinHashDedup(GlobalStep):
             return z["ids"].tolist(), z["sig"], z["empty"]
 
     def resolve(self, shards: Iterable[Any]) -> list[dict[int, Any]]:
-        c: MinHashConfig = self.config  # type: ignore[assignment]
+        c = self.config
         shards = list(shards)  # signatures of all shards: ~8 bytes × bands × rows per document
         ids = [i for shard_ids, _, _ in shards for i in shard_ids]
         sig = np.concatenate([s for _, s, _ in shards]) if shards else np.empty((0, c.bands * c.rows), np.uint64)

@@ -80,11 +80,11 @@ class BloomFilter:
 
 
 @register_step("paragraph_dedup")
-class ParagraphDedup(GlobalStep):
+class ParagraphDedup(GlobalStep[ParagraphDedupConfig]):
     Config = ParagraphDedupConfig
 
     def signature(self, doc: CurateDocument) -> Any:
-        c: ParagraphDedupConfig = self.config  # type: ignore[assignment]
+        c = self.config
         hashes = []
         for line in doc.text.split("\n"):
             key = line.strip()
@@ -95,7 +95,7 @@ class ParagraphDedup(GlobalStep):
         return hashes
 
     def resolve(self, shards: Iterable[list[Any]]) -> list[dict[int, Any]]:
-        c: ParagraphDedupConfig = self.config  # type: ignore[assignment]
+        c = self.config
         bloom = BloomFilter(*c.bloom_shape())
         actions: list[dict[int, Any]] = []
         for shard in shards:

@@ -124,14 +124,14 @@ def mask_pii(text: str, config: PIIConfig) -> tuple[str, int, int]:
 
 
 @register_step("pii")
-class PIIMask(DocumentStep):
+class PIIMask(DocumentStep[PIIConfig]):
     """Rewrites e-mails and public IPs in the text; never removes a document."""
 
     Config = PIIConfig
     counted_values = ("changed", "emails", "ips")  # totals in stats.json
 
     def __call__(self, doc: CurateDocument) -> Verdict:
-        text, emails, ips = mask_pii(doc.text, self.config)  # type: ignore[arg-type]
+        text, emails, ips = mask_pii(doc.text, self.config)
         changed = text != doc.text  # (a replacement may equal what it replaces)
         if changed:
             doc.text = text

@@ -17,7 +17,7 @@ A new filter is a config class and a `__call__`:
         phrase: str = "lorem ipsum"
 
     @register_step("no_lorem")
-    class NoLorem(DocumentStep):
+    class NoLorem(DocumentStep[NoLoremConfig]):
         Config = NoLoremConfig
 
         def __call__(self, doc):
@@ -32,7 +32,7 @@ import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from lmforge.config import Config
 from lmforge.curate.text import SpacyWords
@@ -98,17 +98,22 @@ class CurateDocument:
         return self._splitter.count_sentences(line)
 
 
-class Step:
-    """Common part of both kinds: a registered name, a typed config, a lazily built state."""
+ConfigT = TypeVar("ConfigT", bound=Config)
+
+
+class Step(Generic[ConfigT]):
+    """Common part of both kinds: a registered name, a typed config, a lazily built state.
+    Generic over its config type, so `self.config` is typed in each step
+    (``class Length(DocumentStep[LengthConfig])``)."""
 
     name: ClassVar[str] = ""
-    Config: ClassVar[type[Config]] = Config
+    Config: ClassVar[type[Config]] = Config  # the class `build_step` parses the YAML options into
     counted_values: ClassVar[tuple[str, ...]] = ()
     """Verdict values that are counts (e.g. e-mails masked): the pipeline's stats.json gives
     their totals per step under "counted"."""
 
-    def __init__(self, config: Config, *, label: str | None = None):
-        self.config = config
+    def __init__(self, config: ConfigT, *, label: str | None = None):
+        self.config: ConfigT = config
         self.label = label or self.name  # unique within a pipeline; prefixes attributes
 
     def setup(self) -> None:
@@ -121,12 +126,12 @@ class Step:
         return []
 
 
-class DocumentStep(Step):
+class DocumentStep(Step[ConfigT]):
     def __call__(self, doc: CurateDocument) -> Verdict:
         raise NotImplementedError
 
 
-class GlobalStep(Step):
+class GlobalStep(Step[ConfigT]):
     def signature(self, doc: CurateDocument) -> Any:
         """What `resolve` needs to know about one document (must pickle)."""
         raise NotImplementedError
