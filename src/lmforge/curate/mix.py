@@ -14,6 +14,7 @@ Config (`MixConfig`)::
     shard_size_mb: 64             # uncompressed JSONL bytes per shard (a document is never split)
     seed: 0
     tokenizer: null               # null: whitespace-separated words; else e.g. "olmo2" or a path
+    strict: false                 # true: stop at the first bad line or unreadable file
 
 Semantics
 ---------
@@ -46,6 +47,10 @@ Semantics
   when non-empty). A shard is closed before the row that would take it over ``shard_size_mb``
   of uncompressed JSONL (so shards are ≤ the size unless one document alone is larger).
   gzip is written with mtime=0 and no file name: same inputs and seed → byte-identical shards.
+* **Bad input.** A bad line (invalid UTF-8, bad JSON, no string `text`) is skipped and listed in
+  ``output/rejects.jsonl`` ({file, line, reason}); a file that cannot be read on (not gzip,
+  truncated) is one row with line null after its documents before the damage, and one warning
+  line. Positions count only the documents kept. ``strict: true`` stops at the first instead.
 * **Report.** ``output/mix.json``: per source documents/tokens available, target, selected,
   achieved proportion, repeat factor (selected / available tokens), whole copies; totals; shards
   (documents, uncompressed and compressed bytes); the config. A table is printed too.
@@ -74,13 +79,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import struct
 import sys
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -88,12 +94,25 @@ import numpy as np
 from tqdm import tqdm
 
 from lmforge.config import Config, require
-from lmforge.data.documents import TEXT_SUFFIXES, Document, expand_paths, open_text_counted, parse_document
+from lmforge.data.documents import (
+    READ_ERRORS,
+    TEXT_SUFFIXES,
+    BadInput,
+    Document,
+    decode_line,
+    expand_paths,
+    file_problem,
+    open_bytes_counted,
+    parse_document,
+)
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.curate.shards import ShardWriter
 from lmforge.fsutil import staged_folder
 
+log = logging.getLogger(__name__)
+
 REPORT_FILE = "mix.json"
+REJECTS_FILE = "rejects.jsonl"
 SHARD_NAME = "mix-{:05d}.jsonl.gz"
 PROPORTION_TOLERANCE = 1e-6
 _BATCH = 256  # documents per tokenizer call while counting
@@ -140,6 +159,11 @@ class MixConfig(Config):
     """Seeds which documents are selected and the order they are written in."""
     tokenizer: str | None = None
     """None: count whitespace-separated words; else a `load_tokenizer` spec ("olmo2", a path)."""
+    strict: bool = False
+    """Stop at the first bad input line (invalid UTF-8, bad JSON, no string `text`) or unreadable
+    file (not gzip, truncated) with a one-line `file:line: reason` error. False: they are skipped,
+    listed in `output/rejects.jsonl` ({file, line (null for a whole file), reason}), counted in
+    mix.json (`rejected_lines`, `skipped_files`) and summed up in one warning line."""
 
     def validate(self) -> None:
         require(len(self.sources) > 0, "sources", "name at least one source")
@@ -168,25 +192,58 @@ class MixConfig(Config):
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _iter_records(path: Path, on_progress: Callable[[int], None]) -> Iterator[tuple[int, str]]:
-    """(line number, raw line) of each document of a JSONL file, blank lines skipped — the same
-    documents in the same order as `read_documents`; a .txt file is one record (0, its text).
-    `on_progress(raw_bytes_read_so_far)` is called now and then."""
-    text, raw = open_text_counted(path)
-    is_text = path.name.endswith(TEXT_SUFFIXES)
+def _iter_records(
+    path: Path,
+    on_progress: Callable[[int], None],
+    rejects: list[BadInput] | None = None,
+    skip: frozenset[int] | None = None,
+) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line) of each document of a JSONL file, blank lines skipped — the
+    same documents in the same order as `read_documents`; a .txt file is one record (0, its text).
+    `on_progress(raw_bytes_read_so_far)` is called now and then.
+
+    Lines are decoded one by one. With `rejects` (the counting pass), a line that is not valid
+    UTF-8 is appended to it and skipped, and so is a file that cannot be read on (not gzip,
+    truncated), after the lines before the damage; without (`strict`), those raise BadInput.
+    `skip` (the gathering pass): line numbers the counting pass rejected, passed over unread;
+    then a file problem just ends the file (counting saw it and counted only the lines before)."""
+    gathering = skip is not None
+    skip = skip or frozenset()
+    line_no = 0
     try:
-        with text:
-            if is_text:
-                yield 0, text.read()
+        stream, raw = open_bytes_counted(path)
+        with stream:
+            if path.name.endswith(TEXT_SUFFIXES):
+                data = stream.read()
+                try:
+                    yield 0, decode_line(data, path, None)
+                except BadInput as e:
+                    if rejects is None or gathering:
+                        raise
+                    rejects.append(e)
             else:
-                for line_no, line in enumerate(text, start=1):
+                for line_no, line in enumerate(stream, start=1):
                     if line_no % 1024 == 0:
                         on_progress(raw.tell())
-                    if line.strip():
-                        yield line_no, line
+                    if line_no in skip or not line.strip():
+                        continue
+                    try:
+                        text = decode_line(line, path, line_no)
+                    except BadInput as e:
+                        if rejects is None or gathering:
+                            raise
+                        rejects.append(e)
+                        continue
+                    yield line_no, text
             on_progress(raw.tell())
-    except (UnicodeDecodeError, EOFError, OSError) as e:
-        raise LmforgeError(f"{path}: cannot be read as UTF-8 text ({e})") from None
+    except READ_ERRORS as e:
+        if gathering:
+            return  # counting saw this and counted only the documents before it
+        problem = file_problem(path, e, line_no)
+        if rejects is None:
+            raise problem from None
+        rejects.append(problem)
+        log.warning(f"skipped {problem}")  # one line per unreadable file, as it happens
 
 
 def _parse(path: Path, line_no: int, payload: str) -> Document:
@@ -230,6 +287,7 @@ class _SourceIndex:
     est_bytes: np.ndarray  # int64, per document: length of its input line (an output-size estimate)
     hashes: np.ndarray  # uint64, per document: the selection key
     offset: int = 0  # global index of its first document
+    file_skips: list[frozenset[int]] = field(default_factory=list)  # per file: rejected line numbers
 
     @property
     def n_docs(self) -> int:
@@ -237,8 +295,14 @@ class _SourceIndex:
 
 
 def _count(
-    config: MixConfig, files: list[list[Path]], counter: Callable[[list[str]], list[int]], progress: bool
+    config: MixConfig,
+    files: list[list[Path]],
+    counter: Callable[[list[str]], list[int]],
+    progress: bool,
+    rejects: list[BadInput] | None = None,
 ) -> list[_SourceIndex]:
+    """Count every source's documents. Bad lines and unreadable files are appended to `rejects`
+    (None, i.e. `strict`: they raise BadInput)."""
     seed_key = _seed_key(config.seed)
     total_bytes = sum(f.stat().st_size for fs in files for f in fs)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="mix: count", disable=not progress)
@@ -247,7 +311,7 @@ def _count(
     done = 0
     try:
         for source, source_files in zip(config.sources, files):
-            tokens, est, hashes, file_docs = array("q"), array("q"), array("Q"), []
+            tokens, est, hashes, file_docs, file_skips = array("q"), array("q"), array("Q"), [], []
             texts: list[str] = []
             for path in source_files:
                 n_before = len(hashes)
@@ -255,8 +319,15 @@ def _count(
                 def report(pos: int, base: int = done) -> None:
                     bar.update(base + pos - bar.n)
 
-                for line_no, payload in _iter_records(path, report):
-                    doc = _parse(path, line_no, payload)
+                n_rejects = len(rejects) if rejects is not None else 0
+                for line_no, payload in _iter_records(path, report, rejects):
+                    try:
+                        doc = _parse(path, line_no, payload)
+                    except BadInput as e:
+                        if rejects is None:
+                            raise
+                        rejects.append(e)
+                        continue
                     hashes.append(_doc_hash(seed_key, source.name, doc.id, len(hashes)))
                     est.append(len(payload) + 1)
                     texts.append(doc.text)
@@ -264,6 +335,8 @@ def _count(
                         tokens.extend(counter(texts))
                         texts.clear()
                 file_docs.append(len(hashes) - n_before)
+                bad_lines = [r.line for r in (rejects or [])[n_rejects:] if r.line is not None]
+                file_skips.append(frozenset(bad_lines))
                 done += path.stat().st_size
                 bar.update(done - bar.n)
             if texts:
@@ -272,6 +345,7 @@ def _count(
                 name=source.name,
                 files=source_files,
                 file_docs=file_docs,
+                file_skips=file_skips,
                 tokens=np.frombuffer(tokens, dtype=np.int64).copy() if tokens else np.zeros(0, np.int64),
                 est_bytes=np.frombuffer(est, dtype=np.int64).copy() if est else np.zeros(0, np.int64),
                 hashes=np.frombuffer(hashes, dtype=np.uint64).copy() if hashes else np.zeros(0, np.uint64),
@@ -468,23 +542,24 @@ def _gather(
     jobs = []  # (source index, path, first global doc, doc count)
     for index in indexes:
         start = index.offset
-        for path, n in zip(index.files, index.file_docs):
+        skips = index.file_skips or [frozenset()] * len(index.files)
+        for path, n, skip in zip(index.files, index.file_docs, skips):
             lo = int(np.searchsorted(sorted_doc, start, side="left"))
             if lo < len(sorted_doc) and sorted_doc[lo] < start + n:
-                jobs.append((index, path, start, n, lo))
+                jobs.append((index, path, start, n, lo, skip))
             start += n
-    total_bytes = sum(path.stat().st_size for _, path, _, _, _ in jobs)
+    total_bytes = sum(path.stat().st_size for _, path, _, _, _, _ in jobs)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="mix: gather", disable=not progress)
     done = 0
     try:
-        for index, path, start, n, p in jobs:
+        for index, path, start, n, p, skip in jobs:
             last_needed = int(sorted_doc[np.searchsorted(sorted_doc, start + n, side="left") - 1])
 
             def report(pos: int, base: int = done) -> None:
                 bar.update(base + pos - bar.n)
 
             g = start - 1
-            for line_no, payload in _iter_records(path, report):
+            for line_no, payload in _iter_records(path, report, skip=skip):
                 g += 1
                 if g > last_needed:
                     break
@@ -572,7 +647,9 @@ def mix(config: MixConfig, *, progress: bool = True) -> dict:
         raise ConfigError(f"output: {config.output} is a non-empty folder that no mix wrote; name a new folder")
 
     counter, counting = _token_counter(config.tokenizer)
-    indexes = _count(config, files, counter, progress)
+    rejects: list[BadInput] | None = None if config.strict else []
+    indexes = _count(config, files, counter, progress, rejects)
+    rejects = rejects or []
     total, targets = _targets(config, indexes)
     selections = [_select(ix, t) for ix, t in zip(indexes, targets)]
     out_doc, out_rep = _output_order(indexes, selections)
@@ -580,9 +657,21 @@ def mix(config: MixConfig, *, progress: bool = True) -> dict:
     with staged_folder(config.output) as stage:
         shards = _write_output(config, indexes, out_doc, out_rep, stage, progress)
         report = _report(config, indexes, selections, total, counting, shards)
+        skipped_files = sum(r.line is None for r in rejects)
+        report["rejected_lines"], report["skipped_files"] = len(rejects) - skipped_files, skipped_files
+        if rejects:
+            with open(stage / REJECTS_FILE, "w") as f:
+                f.writelines(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejects)
         (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report), file=sys.stdout)
+    if rejects:
+        files_, lines_ = _plural(skipped_files, "file"), _plural(len(rejects) - skipped_files, "line")
+        log.warning(f"skipped {files_} and {lines_}; see {config.output / REJECTS_FILE}")
     return report
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
 
 
 def _report(

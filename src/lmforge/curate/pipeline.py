@@ -17,7 +17,8 @@ Output folder:
     attributes/shard-NNNNN.jsonl.gz  what every step measured on them, same rows in the same order
                                      ({"id", "attributes": {"<step>__<value>": [[0, len, value]]}})
     removed/shard-NNNNN.sK.jsonl.gz  removed documents with `removed_by`, `reason`, `attributes`
-    rejects/shard-NNNNN.jsonl        input lines that could not be read (file, line, error, raw)
+    rejects/shard-NNNNN.jsonl        input lines that could not be read ({file, line, reason, error, raw};
+                                     a file that cannot be read at all is one row with line null)
     stats.json, stats.png            documents and tokens in/out per step and per source (tokens of
                                      `tokenizer` if set, else whitespace-separated words)
     pipeline.yaml, pipeline.json     the resolved config; which input (file or byte range) each shard is
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -45,6 +47,8 @@ from lmforge.curate import shards as io
 from lmforge.data.documents import expand_paths
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -72,6 +76,10 @@ class CurateConfig(Config):
     tokenizer.json / folder). None: count whitespace-separated words (much cheaper)."""
     keep_work: bool = False
     """Keep intermediate shards and signatures after a successful run (for debugging)."""
+    strict: bool = False
+    """Stop at the first bad input line (invalid UTF-8, bad JSON, no string `text`) or unreadable
+    file (not gzip, truncated) with a one-line `file:line: reason` error. False: such lines and
+    files go to rejects/, the run goes on, and the end says how many files and lines were skipped."""
 
     def validate(self) -> None:
         require(len(self.input) > 0, "input", "name at least one file or folder")
@@ -89,7 +97,7 @@ class CurateConfig(Config):
     def output_affecting(self) -> dict[str, Any]:
         """The parts of the config that change what is written (not how fast)."""
         d = self.to_dict()
-        for k in ("workers", "executor", "ray_address", "keep_work"):
+        for k in ("workers", "executor", "ray_address", "keep_work", "strict"):
             d.pop(k)
         return d
 
@@ -241,6 +249,7 @@ def run_task(task: Task) -> dict[str, Any]:
     started = time.perf_counter()
     counts = _Counts()
     read = rejected = 0
+    file_problems: list[str] = []
 
     last = stage.collect is None
     writers: list[io.ShardWriter] = []
@@ -261,7 +270,7 @@ def run_task(task: Task) -> dict[str, Any]:
         attrs = writer(layout.attributes(task.shard)) if last and config.write_attributes else None
         removed = writer(layout.removed(task.shard, task.stage)) if config.write_removed else None
         rejects = writer(layout.rejects(task.shard)) if task.stage == 0 else None
-        for pos, doc in enumerate(_documents(task, splitter, rejects)):
+        for pos, doc in enumerate(_documents(task, splitter, rejects, config.strict, file_problems)):
             read += 1
             tokens = count_tokens(doc.text)
             verdict: Verdict | None = None
@@ -300,7 +309,7 @@ def run_task(task: Task) -> dict[str, Any]:
                 if attrs is not None:
                     attrs.write({"id": doc.id, "source": doc.source, "attributes": _dolma_attributes(doc)})
         if rejects is not None:
-            rejected = rejects.rows
+            rejected = rejects.rows - len(file_problems)
         if stage.collect is not None:
             sig_path = layout.signatures(task.stage, task.shard)
             tmp = sig_path.with_name(sig_path.name + ".tmp")
@@ -315,21 +324,34 @@ def run_task(task: Task) -> dict[str, Any]:
         for w in writers:
             w.abort()
         raise
-    stats = {"stage": task.stage, "shard": task.shard, "read": read, "rejected": rejected, "written": out.rows,
+    stats = {"stage": task.stage, "shard": task.shard, "read": read, "rejected": rejected,
+             "file_problems": file_problems, "written": out.rows,
              "seconds": time.perf_counter() - started, "steps": counts.to_json()}  # fmt: skip
     layout.marker(task.stage, task.shard).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(layout.marker(task.stage, task.shard), json.dumps(stats))
     return stats
 
 
-def _documents(task: Task, splitter: SpacyWords, rejects: io.ShardWriter | None):
+def _documents(task: Task, splitter: SpacyWords, rejects: io.ShardWriter | None, strict: bool = False,
+               file_problems: list[str] | None = None):  # fmt: skip
+    """Stage 0: the input shard's documents; each bad line or unreadable file becomes a rejects
+    row (`strict`: raises BadInput, one line `file:line: reason`), and an unreadable file's
+    one-line problem is appended to `file_problems`. Later stages: the previous stage's output."""
     if task.stage == 0:
-        path = task.input.path
-        for line_no, doc, error, raw in io.read_input(task.input):
-            if doc is None:
+        for line_no, doc, problem, raw in io.read_input(task.input):
+            if problem is not None:
+                if strict:
+                    raise problem
                 assert rejects is not None
-                rejects.write({"file": str(path), "line": line_no, "error": error, "raw": raw.rstrip("\n")})
+                row: dict[str, Any] = {"file": problem.file, "line": line_no, "reason": problem.reason,
+                                       "error": str(problem)}  # fmt: skip
+                if raw:
+                    row["raw"] = raw.rstrip("\n")
+                rejects.write(row)
+                if line_no is None and file_problems is not None:
+                    file_problems.append(str(problem))
                 continue
+            assert doc is not None
             yield CurateDocument(doc.id, doc.text, doc.source, doc.metadata, splitter)
     else:
         layout = Layout(Path(json.loads(task.config_json)["output"]))
@@ -415,6 +437,13 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
                 for st in stages if st.collect is not None}  # fmt: skip
     unit = f"tokens ({config.tokenizer})" if config.tokenizer else "whitespace-separated words"
     stats = merge_stats(steps, markers, resolves, n_stages=len(stages), seconds=seconds, unit=unit)
+    problems = [p for m in markers if m["stage"] == 0 for p in m.get("file_problems", [])]
+    stats["input"]["skipped_files"] = len(problems)
+    for problem in problems:
+        log.warning(f"skipped {problem}")  # one line per unreadable file
+    if problems or stats["input"]["rejected_lines"]:
+        files_, lines_ = _plural(len(problems), "file"), _plural(stats["input"]["rejected_lines"], "line")
+        log.warning(f"skipped {files_} and {lines_}; see {config.output / 'rejects'}")
     if resumed:  # this invocation did only part of the work: a rate would mislead
         stats.update(resumed=True, documents_per_second=None)
     write_report(stats, config.output, progress=progress)
@@ -427,6 +456,10 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
             os.replace(config.output / "work", trash)
             shutil.rmtree(trash, ignore_errors=True)
     return stats
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
 
 
 def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layout) -> None:

@@ -15,8 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lmforge.data.documents import TEXT_SUFFIXES, Document, open_text, parse_document, read_documents
-from lmforge.errors import LmforgeError
+from lmforge.data.documents import (
+    READ_ERRORS,
+    TEXT_SUFFIXES,
+    BadInput,
+    Document,
+    decode_line,
+    file_problem,
+    open_bytes_counted,
+    open_text,
+    parse_document,
+    read_documents,
+)
 
 GZIP_LEVEL = 3  # ~3× faster than level 9 for a few % more bytes
 
@@ -104,28 +114,39 @@ def split_inputs(files: list[Path], shard_mb: float | None) -> list[InputShard]:
     return shards
 
 
-def read_input(shard: InputShard) -> Iterator[tuple[int, Document | None, str | None, str]]:
-    """(line number, document or None, error or None, raw line) for each non-blank line of a
-    dolma JSONL shard. A bad line does not stop the file: the caller records it as a reject."""
-    import zstandard
-
+def read_input(shard: InputShard) -> Iterator[tuple[int | None, Document | None, BadInput | None, str]]:
+    """(line number, document or None, problem or None, raw line) for each non-blank line of a
+    dolma JSONL shard. Lines are decoded one by one, so a bad line (invalid UTF-8, bad JSON, no
+    string `text`) is one problem and reading goes on; a file that cannot be opened or
+    decompressed (not gzip, truncated, corrupt) ends with one problem whose line is None, after
+    the documents before the damage. The caller records problems as rejects (or stops)."""
     path = Path(shard.path)
+    if path.name.endswith(TEXT_SUFFIXES):  # a plain text file is one document
+        rejects: list[BadInput] = []
+        for doc in read_documents(path, rejects=rejects):
+            yield 1, doc, None, ""
+        for problem in rejects:
+            yield problem.line, None, problem, ""
+        return
+    line_no = shard.first_line - 1
     try:
-        if path.name.endswith(TEXT_SUFFIXES):  # a plain text file is one document
-            for doc in read_documents(path):
-                yield 1, doc, None, ""
-            return
-        for line_no, line in _lines(shard):
-            if not line.strip():
+        for line_no, raw in _lines(shard):
+            if not raw.strip():
+                continue
+            try:
+                line = decode_line(raw, path, line_no)
+            except BadInput as e:
+                yield line_no, None, e, raw.decode("utf-8", errors="replace")
                 continue
             try:
                 doc = parse_document(line, path, line_no)
                 _check_encodable(doc, path, line_no)
-                yield line_no, doc, None, line
-            except LmforgeError as e:
-                yield line_no, None, str(e), line
-    except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile, zstandard.ZstdError) as e:
-        raise LmforgeError(f"{path}: cannot be read as UTF-8 JSONL ({e})") from None
+            except BadInput as e:
+                yield line_no, None, e, line
+                continue
+            yield line_no, doc, None, line
+    except READ_ERRORS as e:
+        yield None, None, file_problem(path, e, line_no), ""
 
 
 def _check_encodable(doc: Document, path: Path, line_no: int) -> None:
@@ -138,13 +159,15 @@ def _check_encodable(doc: Document, path: Path, line_no: int) -> None:
         if doc.metadata:
             dumps(doc.metadata).encode("utf-8")
     except UnicodeEncodeError as e:
-        raise LmforgeError(f"{path}:{line_no}: document holds a lone surrogate ({e.reason}); not valid Unicode") from None
+        raise BadInput(path, line_no, f"document holds a lone surrogate ({e.reason}); not valid Unicode") from None
 
 
-def _lines(shard: InputShard) -> Iterator[tuple[int, str]]:
+def _lines(shard: InputShard) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of the shard's lines; may raise one of READ_ERRORS."""
     if shard.end is None:
-        with open_text(shard.path) as f:
-            yield from enumerate(f, start=1)
+        stream, _ = open_bytes_counted(Path(shard.path))
+        with stream:
+            yield from enumerate(stream, start=1)
         return
     with open(shard.path, "rb") as f:
         f.seek(shard.start)
@@ -154,7 +177,7 @@ def _lines(shard: InputShard) -> Iterator[tuple[int, str]]:
             if not raw:
                 break
             pos += len(raw)
-            yield line_no, raw.decode("utf-8")
+            yield line_no, raw
             line_no += 1
 
 
