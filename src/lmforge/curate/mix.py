@@ -105,8 +105,9 @@ from lmforge.data.documents import (
     open_bytes_counted,
     parse_document,
 )
-from lmforge.errors import ConfigError, LmforgeError
 from lmforge.curate.shards import ShardWriter
+from lmforge.data.tokenizer import TokenCounter
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import staged_folder
 
 log = logging.getLogger(__name__)
@@ -262,17 +263,6 @@ def _seed_key(seed: int) -> bytes:
     return seed.to_bytes(16, "little", signed=True)
 
 
-def _token_counter(spec: str | None) -> tuple[Callable[[list[str]], list[int]], dict[str, Any]]:
-    """A function from texts to token counts, and how it counts (for the report)."""
-    if spec is None:
-        return (lambda texts: [len(t.split()) for t in texts]), {"unit": "words"}
-    from lmforge.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(spec)
-    info = {"unit": "tokens", "tokenizer": spec, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size}
-    return (lambda texts: [len(ids) for ids in tok.encode_batch(texts)]), info
-
-
 # -- pass 1: count ------------------------------------------------------------------------------
 
 
@@ -297,7 +287,7 @@ class _SourceIndex:
 def _count(
     config: MixConfig,
     files: list[list[Path]],
-    counter: Callable[[list[str]], list[int]],
+    counter: TokenCounter,
     progress: bool,
     rejects: list[BadInput] | None = None,
 ) -> list[_SourceIndex]:
@@ -332,7 +322,7 @@ def _count(
                     est.append(len(payload) + 1)
                     texts.append(doc.text)
                     if len(texts) >= _BATCH:
-                        tokens.extend(counter(texts))
+                        tokens.extend(counter.batch(texts))
                         texts.clear()
                 file_docs.append(len(hashes) - n_before)
                 bad_lines = [r.line for r in (rejects or [])[n_rejects:] if r.line is not None]
@@ -340,7 +330,7 @@ def _count(
                 done += path.stat().st_size
                 bar.update(done - bar.n)
             if texts:
-                tokens.extend(counter(texts))
+                tokens.extend(counter.batch(texts))
             index = _SourceIndex(
                 name=source.name,
                 files=source_files,
@@ -646,7 +636,7 @@ def mix(config: MixConfig, *, progress: bool = True) -> dict:
         # The output folder is replaced as a whole: only ever replace an earlier mix.
         raise ConfigError(f"output: {config.output} is a non-empty folder that no mix wrote; name a new folder")
 
-    counter, counting = _token_counter(config.tokenizer)
+    counter = TokenCounter(config.tokenizer)
     rejects: list[BadInput] | None = None if config.strict else []
     indexes = _count(config, files, counter, progress, rejects)
     rejects = rejects or []
@@ -656,7 +646,7 @@ def mix(config: MixConfig, *, progress: bool = True) -> dict:
 
     with staged_folder(config.output) as stage:
         shards = _write_output(config, indexes, out_doc, out_rep, stage, progress)
-        report = _report(config, indexes, selections, total, counting, shards)
+        report = _report(config, indexes, selections, total, counter.describe(), shards)
         skipped_files = sum(r.line is None for r in rejects)
         report["rejected_lines"], report["skipped_files"] = len(rejects) - skipped_files, skipped_files
         if rejects:

@@ -45,6 +45,7 @@ from lmforge.curate.steps import CurateDocument, DocumentStep, GlobalStep, Step,
 from lmforge.curate.text import SpacyWords
 from lmforge.curate import shards as io
 from lmforge.data.documents import expand_paths
+from lmforge.data.tokenizer import TokenCounter
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import atomic_write
 
@@ -188,17 +189,7 @@ def _prepared(config_json: str) -> tuple[CurateConfig, list[Stage], SpacyWords, 
     steps = config.build_steps()
     for step in steps:
         step.setup()
-    return config, make_stages(steps), SpacyWords(), token_counter(config.tokenizer)
-
-
-def token_counter(tokenizer: str | None) -> Callable[[str], int]:
-    """What the statistics count: tokens of a tokenizer, or whitespace-separated words."""
-    if tokenizer is None:
-        return lambda text: len(text.split())
-    from lmforge.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer)
-    return lambda text: len(tok.encode(text))
+    return config, make_stages(steps), SpacyWords(), TokenCounter(config.tokenizer)
 
 
 class _Counts:
