@@ -19,6 +19,9 @@ Output folder:
     removed/shard-NNNNN.sK.jsonl.gz  removed documents with `removed_by`, `reason`, `attributes`
     rejects/shard-NNNNN.jsonl        input lines that could not be read ({file, line, reason, error, raw};
                                      a file that cannot be read at all is one row with line null)
+    tokens/                          with `tokenize:`, the kept documents as training token files (the
+                                     `data tokenize` format: one part per non-empty documents shard, in
+                                     shard order, byte for byte what `data tokenize documents/` writes)
     stats.json, stats.png            documents and tokens in/out per step and per source (tokens of
                                      `tokenizer` if set, else whitespace-separated words)
     pipeline.yaml, pipeline.json     the resolved config; which input (file or byte range) each shard is
@@ -44,6 +47,7 @@ from lmforge.config import Config, require
 from lmforge.curate.steps import CurateDocument, DocumentStep, GlobalStep, Step, Verdict, build_step
 from lmforge.curate.text import SpacyWords
 from lmforge.curate import shards as io
+from lmforge.curate.tokens import ShardTokens, TokenizeConfig, check_tokenize, write_tokens
 from lmforge.data.documents import expand_paths
 from lmforge.data.tokenizer import TokenCounter
 from lmforge.errors import ConfigError, LmforgeError
@@ -77,6 +81,11 @@ class CurateConfig(Config):
     tokenizer.json / folder). None: count whitespace-separated words (much cheaper)."""
     keep_work: bool = False
     """Keep intermediate shards and signatures after a successful run (for debugging)."""
+    tokenize: TokenizeConfig | None = None
+    """Also write the kept documents as training token files, shard by shard in the last stage's
+    tasks (resumable like them), so `lmforge train` reads the run directly: `{tokenizer: olmo2,
+    out: FOLDER}` (out defaults to OUTPUT/tokens). The result is byte for byte what
+    `lmforge data tokenize OUTPUT/documents` would write, without reading the JSONL again."""
     strict: bool = False
     """Stop at the first bad input line (invalid UTF-8, bad JSON, no string `text`) or unreadable
     file (not gzip, truncated) with a one-line `file:line: reason` error. False: such lines and
@@ -159,6 +168,10 @@ class Layout:
 
     def signatures(self, stage: int, i: int) -> Path:
         return self.work(stage) / f"{self.shard(i)}.sig"
+
+    def token_part(self, i: int) -> Path:
+        """Where a last-stage task leaves its shard's token part (`.npy`, `.csv.gz`, `.ids.npy`)."""
+        return self.root / "work" / "tokens" / self.shard(i)
 
     def marker(self, stage: int, i: int) -> Path:
         return self.work(stage) / f"{self.shard(i)}.done.json"
@@ -252,6 +265,8 @@ def run_task(task: Task) -> dict[str, Any]:
 
     signatures: list[Any] = []
     actions: dict[int, Any] = {}
+    tokens_part: ShardTokens | None = None
+    tokens_entry: dict[str, Any] | None = None
     if stage.apply is not None:
         raw = json.loads(layout.actions(task.stage - 1, task.shard).read_text())
         actions = {int(k): v for k, v in raw.items()}
@@ -261,6 +276,8 @@ def run_task(task: Task) -> dict[str, Any]:
         attrs = writer(layout.attributes(task.shard)) if last and config.write_attributes else None
         removed = writer(layout.removed(task.shard, task.stage)) if config.write_removed else None
         rejects = writer(layout.rejects(task.shard)) if task.stage == 0 else None
+        if last and config.tokenize is not None:
+            tokens_part = ShardTokens(config, layout, task.shard)
         for pos, doc in enumerate(_documents(task, splitter, rejects, config.strict, file_problems)):
             read += 1
             tokens = count_tokens(doc.text)
@@ -296,7 +313,10 @@ def run_task(task: Task) -> dict[str, Any]:
                 signatures.append(stage.collect.signature(doc))
                 out.write(_row(doc) | {"attributes": doc.attributes})
             else:
-                out.write(_row(doc))
+                line = io.dumps(_row(doc)).encode("utf-8") + b"\n"
+                out.write_line(line)
+                if tokens_part is not None:
+                    tokens_part.add(doc, len(line))
                 if attrs is not None:
                     attrs.write({"id": doc.id, "source": doc.source, "attributes": _dolma_attributes(doc)})
         if rejects is not None:
@@ -311,13 +331,19 @@ def run_task(task: Task) -> dict[str, Any]:
                 w.abort()
             else:
                 w.commit()
+        if tokens_part is not None:  # after the documents file: its size goes in the entry
+            tokens_entry = tokens_part.commit()
     except BaseException:
         for w in writers:
             w.abort()
+        if tokens_part is not None:
+            tokens_part.abort()
         raise
     stats = {"stage": task.stage, "shard": task.shard, "read": read, "rejected": rejected,
              "file_problems": file_problems, "written": out.rows,
              "seconds": time.perf_counter() - started, "steps": counts.to_json()}  # fmt: skip
+    if tokens_entry is not None:
+        stats["tokens"] = tokens_entry
     layout.marker(task.stage, task.shard).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(layout.marker(task.stage, task.shard), json.dumps(stats))
     return stats
@@ -392,6 +418,8 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
 
     # Absolute paths: Ray workers on other nodes do not share this process's working directory.
     config = config.replace(input=[str(Path(p).absolute()) for p in config.input], output=config.output.absolute())
+    if config.tokenize is not None:
+        config = config.replace(tokenize=check_tokenize(config))
     steps = config.build_steps()
     stages = make_stages(steps)
     if config.output.exists() and not config.output.is_dir():
@@ -422,6 +450,8 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
             executor.run(run_task, todo, total=len(files), done=len(files) - len(todo), desc=desc, progress=progress)
             if stage.collect is not None and not layout.resolve_marker(stage.index).exists():
                 _resolve(stage.collect, stage.index, len(files), layout, progress)
+    if config.tokenize is not None:
+        write_tokens(config, layout, stages[-1].index, len(files), progress)
     seconds = time.perf_counter() - started
     markers = [json.loads(layout.marker(st.index, i).read_text()) for st in stages for i in range(len(files))]
     resolves = {st.collect.label: json.loads(layout.resolve_marker(st.index).read_text())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -77,7 +78,7 @@ class EncodedChunk:
     rejects: list[BadInput]  # bad lines (and the unreadable file) of this chunk, in order
 
 
-def _id_hash(doc_id: str) -> int:
+def id_hash(doc_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
@@ -101,6 +102,21 @@ def _encode_chunk(item: WorkItem) -> EncodedChunk:
     return encode_chunk(_worker_tokenizer, item, threads=1)
 
 
+def encode_texts(tok: Tokenizer, texts: list[str], threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The token stream of `texts` (each document's ids followed by EOS, concatenated, int64)
+    and each document's length (EOS excluded). The one encoder of every token folder writer
+    (`data tokenize` and a curate pipeline's `tokenize:`), so both write the same bytes."""
+    encoded = tok.encode_batch(texts, threads=threads)
+    lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+    flat = np.empty(int(lengths.sum()) + len(texts), dtype=np.int64)
+    pos = 0
+    for ids in encoded:
+        flat[pos : pos + len(ids)] = ids
+        flat[pos + len(ids)] = tok.eos_token_id
+        pos += len(ids) + 1
+    return flat, lengths
+
+
 def encode_chunk(tok: Tokenizer, item: WorkItem, threads: int | None = None) -> EncodedChunk:
     """Parse and encode one chunk of raw lines. A bad line is a reject (or, `strict`, raises
     BadInput naming file and line)."""
@@ -121,14 +137,7 @@ def encode_chunk(tok: Tokenizer, item: WorkItem, threads: int | None = None) -> 
         if item.strict:
             raise item.problem
         rejects.append(item.problem)
-    encoded = tok.encode_batch([d.text for d in docs], threads=threads)
-    lengths = np.array([len(e) for e in encoded], dtype=np.int64)
-    flat = np.empty(int(lengths.sum()) + len(docs), dtype=np.int64)
-    pos = 0
-    for ids in encoded:
-        flat[pos : pos + len(ids)] = ids
-        flat[pos + len(ids)] = tok.eos_token_id
-        pos += len(ids) + 1
+    flat, lengths = encode_texts(tok, [d.text for d in docs], threads=threads)
     return EncodedChunk(
         path=item.path,
         tokens=flat,
@@ -137,7 +146,7 @@ def encode_chunk(tok: Tokenizer, item: WorkItem, threads: int | None = None) -> 
         sources=[d.source for d in docs],
         text_bytes=sum(map(len, lines)),
         input_pos=item.input_pos,
-        id_hashes=np.array([_id_hash(d.id) for d in docs], dtype=np.uint64),
+        id_hashes=np.array([id_hash(d.id) for d in docs], dtype=np.uint64),
         rejects=rejects,
     )
 
@@ -176,39 +185,45 @@ def _chunks(files: list[Path], strict: bool) -> Iterator[WorkItem]:
         done += size_on_disk
 
 
-@dataclass
-class _PartWriter:
-    """Appends chunks of one input file to its part files."""
+class PartWriter:
+    """Writes one part of a token folder: `NAME.npy` (the ids, `dtype`) and `NAME.csv.gz` (the
+    document index), each under `NAME.<ext><suffix>` while open. The gzip header holds no file
+    name and no time, so a part's bytes depend only on its documents (whatever it is named,
+    whenever it is written). `close()` returns the part's meta.json entry."""
 
-    folder: Path
-    index: int
-    dtype: np.dtype
-    source_file: str
-
-    def __post_init__(self) -> None:
-        self.name = f"part-{self.index:05d}"
-        self.tokens = open(self.folder / f"{self.name}.npy", "wb")
-        self.docs_raw = gzip.open(self.folder / f"{self.name}.csv.gz", "wt", newline="")
-        self.docs = csv.writer(self.docs_raw)
+    def __init__(self, folder: Path, name: str, dtype: np.dtype, source_file: str, suffix: str = ""):
+        self.folder, self.name, self.dtype, self.source_file, self.suffix = folder, name, dtype, source_file, suffix
+        self.tokens = open(folder / f"{name}.npy{suffix}", "wb")
+        self.docs_file = open(folder / f"{name}.csv.gz{suffix}", "wb")
+        self.docs_raw = gzip.GzipFile(filename="", mode="wb", fileobj=self.docs_file, mtime=0)
+        self.docs_text = io.TextIOWrapper(self.docs_raw, encoding="utf-8", newline="")
+        self.docs = csv.writer(self.docs_text)
         self.docs.writerow(["start", "end", "id", "source"])
         self.num_tokens = 0
         self.num_documents = 0
         self.hash = hashlib.blake2b(digest_size=16)
 
     def write(self, chunk: EncodedChunk) -> None:
-        data = chunk.tokens.astype(self.dtype).tobytes()
+        self.add(chunk.tokens, chunk.lengths, chunk.ids, chunk.sources)
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[str], sources: list[str]) -> None:
+        """Documents encoded by `encode_texts`, with their ids and sources."""
+        data = tokens.astype(self.dtype).tobytes()
         self.tokens.write(data)
         self.hash.update(data)
         start = self.num_tokens
-        for doc_id, source, length in zip(chunk.ids, chunk.sources, chunk.lengths.tolist()):
+        for doc_id, source, length in zip(ids, sources, lengths.tolist()):
             self.docs.writerow([start, start + length, doc_id, source])
             start += length + 1
-        self.num_tokens += len(chunk.tokens)
-        self.num_documents += len(chunk.ids)
+        self.num_tokens += len(tokens)
+        self.num_documents += len(ids)
 
-    def close(self) -> dict:
-        for f in (self.tokens, self.docs_raw):
+    def close(self, *, fsync: bool = False) -> dict:
+        self.docs_text.close()  # closes the GzipFile (writing its trailer), not docs_file
+        for f in (self.tokens, self.docs_file):
             f.flush()
+            if fsync:
+                os.fsync(f.fileno())
             f.close()
         return {
             "tokens": f"{self.name}.npy",
@@ -218,6 +233,12 @@ class _PartWriter:
             "source_file": self.source_file,
             "hash": self.hash.hexdigest(),
         }
+
+    def abort(self) -> None:
+        for f in (self.tokens, self.docs_file):
+            f.close()
+        for ext in ("npy", "csv.gz"):
+            (self.folder / f"{self.name}.{ext}{self.suffix}").unlink(missing_ok=True)
 
 
 def tokenize(
@@ -252,7 +273,6 @@ def tokenize(
     start_time = time.perf_counter()
     with staged_folder(out_dir) as staging:
         parts, text_bytes, rejects, id_hashes = _run(files, tok, staging, dtype, workers, total_bytes, progress, strict)
-        num_tokens = sum(p["num_tokens"] for p in parts)
         num_documents = sum(p["num_documents"] for p in parts)
         skipped_files = sum(r.line is None for r in rejects)
         rejected_lines = len(rejects) - skipped_files
@@ -262,40 +282,57 @@ def tokenize(
         if rejects:
             with open(staging / REJECTS_FILE, "w") as f:
                 f.writelines(json.dumps(r.to_json()) + "\n" for r in rejects)
-        duplicates, examples = _duplicate_ids(staging, parts, id_hashes)
-        content_hash = hashlib.sha256("".join(p["hash"] for p in parts).encode()).hexdigest()[:16]
-        meta = {
-            "format": FORMAT,
-            "dtype": dtype.name,
-            "num_tokens": num_tokens,
-            "num_documents": num_documents,
-            "fingerprint": content_hash,
-            "tokenizer": {
-                "name": tok.name,
-                "fingerprint": tok.fingerprint,
-                "vocab_size": tok.vocab_size,
-                "eos_token_id": tok.eos_token_id,
-            },
-            "parts": parts,
-            "created_by": f"lmforge {__version__}",
-            "seconds": round(time.perf_counter() - start_time, 3),
-            "input_bytes": total_bytes,
-            "text_bytes": text_bytes,
-            "rejected_lines": rejected_lines,
-            "skipped_files": skipped_files,
-            "duplicate_ids": duplicates,
-        }
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        meta, examples = write_meta(
+            staging, tok, parts, id_hashes, seconds=time.perf_counter() - start_time, input_bytes=total_bytes,
+            text_bytes=text_bytes, rejected_lines=rejected_lines, skipped_files=skipped_files,
+        )
+    warn_duplicates(out_dir, meta, examples)
+    if rejects:
+        files_, lines_ = _plural(skipped_files, "file"), _plural(rejected_lines, "line")
+        log.warning(f"skipped {files_} and {lines_}; see {out_dir / REJECTS_FILE}")
+    return meta
+
+
+def write_meta(
+    folder: Path, tok: Tokenizer, parts: list[dict], id_hashes: np.ndarray, *, seconds: float, input_bytes: int,
+    text_bytes: int, rejected_lines: int, skipped_files: int,
+) -> tuple[dict, list[str]]:
+    """Write `folder/meta.json` for the parts already in `folder` (in stream order); returns it and a few repeated ids.
+    Shared by `data tokenize` and a curate pipeline's `tokenize:` so both write one format."""
+    duplicates, examples = _duplicate_ids(folder, parts, id_hashes)
+    meta = {
+        "format": FORMAT,
+        "dtype": token_dtype(tok.vocab_size).name,
+        "num_tokens": sum(p["num_tokens"] for p in parts),
+        "num_documents": sum(p["num_documents"] for p in parts),
+        "fingerprint": hashlib.sha256("".join(p["hash"] for p in parts).encode()).hexdigest()[:16],
+        "tokenizer": {
+            "name": tok.name,
+            "fingerprint": tok.fingerprint,
+            "vocab_size": tok.vocab_size,
+            "eos_token_id": tok.eos_token_id,
+        },
+        "parts": parts,
+        "created_by": f"lmforge {__version__}",
+        "seconds": round(seconds, 3),
+        "input_bytes": input_bytes,
+        "text_bytes": text_bytes,
+        "rejected_lines": rejected_lines,
+        "skipped_files": skipped_files,
+        "duplicate_ids": duplicates,
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta, examples
+
+
+def warn_duplicates(out_dir: Path, meta: dict, examples: list[str]) -> None:
+    duplicates = meta["duplicate_ids"]
     if duplicates:
         shown = ", ".join(map(repr, examples)) + (", …" if len(examples) < duplicates else "")
         log.warning(
             f"{out_dir}: {duplicates} documents reuse an id already seen in this folder ({shown}); "
             "which documents a step saw will be ambiguous for those ids"
         )
-    if rejects:
-        files_, lines_ = _plural(skipped_files, "file"), _plural(rejected_lines, "line")
-        log.warning(f"skipped {files_} and {lines_}; see {out_dir / REJECTS_FILE}")
-    return meta
 
 
 def _plural(n: int, word: str) -> str:
@@ -313,7 +350,7 @@ def _duplicate_ids(folder: Path, parts: list[dict], id_hashes: np.ndarray, show:
     for part in parts:
         with gzip.open(folder / part["documents"], "rt", newline="") as f:
             for row in csv.DictReader(f):
-                if _id_hash(row["id"]) in candidates:
+                if id_hash(row["id"]) in candidates:
                     counts[row["id"]] = counts.get(row["id"], 0) + 1
     repeated = [doc_id for doc_id, n in counts.items() if n > 1]
     return sum(counts[i] - 1 for i in repeated), repeated[:show]
@@ -327,7 +364,7 @@ def _run(
     text_bytes = 0
     rejects: list[BadInput] = []
     id_hashes: list[np.ndarray] = []
-    writer: _PartWriter | None = None
+    writer: PartWriter | None = None
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
     pool = None
     if workers > 1:
@@ -348,7 +385,7 @@ def _run(
             if chunk.ids and (writer is None or chunk.path != writer.source_file):
                 if writer is not None:
                     parts.append(writer.close())
-                writer = _PartWriter(staging, len(parts), dtype, chunk.path)
+                writer = PartWriter(staging, f"part-{len(parts):05d}", dtype, chunk.path)
             if chunk.ids:
                 writer.write(chunk)
             bar.update(chunk.input_pos - bar.n)
