@@ -88,3 +88,20 @@ def lm_eval_task_yaml(folder: Path, name: str, rows: list[dict]) -> None:
         "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
         "  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
     )
+
+
+def kill_after_markers(cmd: list[str], markers: Path, count: int, *, poll: float = 0.05) -> None:
+    """Start `cmd` (a curate run) in its own session and SIGKILL it once `count` task markers
+    (`*.done.json`) are in `markers`: a crash mid-run, for the resume tests."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(markers.glob("*.done.json"))) < count and proc.poll() is None:
+        time.sleep(poll)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

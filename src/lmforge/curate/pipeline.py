@@ -29,7 +29,6 @@ Output folder:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -51,7 +50,7 @@ from lmforge.curate.tokens import ShardTokens, TokenizeConfig, check_tokenize, w
 from lmforge.data.documents import expand_paths
 from lmforge.data.tokenizer import TokenCounter
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.fsutil import atomic_write
+from lmforge.fsutil import atomic_write, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +486,7 @@ def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layo
     """Record the pipeline and shard list in the output folder; refuse to resume into a folder
     made by a different pipeline or input (its finished shards would be mixed with new ones)."""
     config.output.mkdir(parents=True, exist_ok=True)
-    side_files = {f: _sha256(Path(f)) for step in config.build_steps() for f in step.input_files()}
+    side_files = {f: file_sha256(Path(f)) for step in config.build_steps() for f in step.input_files()}
     record = {"pipeline": config.output_affecting(), "shards": [str(f) for f in files], "step_files": side_files}
     path = config.output / "pipeline.json"
     if path.exists():
@@ -507,14 +506,6 @@ def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layo
     else:
         atomic_write(path, json.dumps(record, indent=1))
         atomic_write(config.output / "pipeline.yaml", config.to_yaml())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolve(step: GlobalStep, stage: int, n_shards: int, layout: Layout, progress: bool) -> None:
