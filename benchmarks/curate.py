@@ -4,6 +4,7 @@ dedup (5-grams, 14 bands × 8 rows, seed 1) through `lmforge data curate` and th
 datatrove's `LocalPipelineExecutor`, on the same generated corpus, on this machine's cores.
 
     .venv/bin/python benchmarks/curate.py [--docs 2400] [--files 8] [--workers 2] [--repeats 3]
+    .venv/bin/python benchmarks/curate.py --corpus FOLDER     # time your own *.jsonl.gz files instead
 
 Each run is a fresh subprocess (imports and worker start-up count for both), runs alternate,
 medians are reported. datatrove gets its cheapest layout: filters, writer and MinHash
@@ -28,7 +29,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from benchlib import REPO, report, run_interleaved
+from benchlib import report, run_interleaved
 
 FILTER_STEPS = [
     {"gopher_repetition": {}},
@@ -139,6 +140,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus", type=Path, help="a folder of dolma *.jsonl.gz files to time instead of the "
+                                                 "generated corpus (--docs, --files and --seed are then ignored)")
     ap.add_argument("--_run", choices=["lmforge", "datatrove"], help=argparse.SUPPRESS)
     ap.add_argument("--_corpus", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -155,9 +158,17 @@ def main() -> None:
     from sample_corpus import build_sample_corpus, write_sample_corpus
 
     tmp = Path(tempfile.mkdtemp(prefix="lmforge-bench-curate-"))
-    corpus = build_sample_corpus(n_docs=args.docs, seed=args.seed)
-    write_sample_corpus(corpus, tmp / "corpus", n_files=args.files)
-    n_docs = len(corpus.documents)
+    if args.corpus is not None:
+        files = sorted(args.corpus.glob("*.jsonl.gz"))
+        if not files:
+            sys.exit(f"{args.corpus}: no *.jsonl.gz files (both tools read that pattern)")
+        (tmp / "corpus").symlink_to(args.corpus.resolve(), target_is_directory=True)
+        args.files = len(files)
+        n_docs = sum(1 for f in files for line in gzip.open(f, "rt") if line.strip())
+    else:
+        corpus = build_sample_corpus(n_docs=args.docs, seed=args.seed)
+        write_sample_corpus(corpus, tmp / "corpus", n_files=args.files)
+        n_docs = len(corpus.documents)
     print(f"corpus: {n_docs:,} documents in {args.files} files, {args.workers} workers, {args.repeats} rounds")
     checks: list[dict] = []
     counter = iter(range(10_000))
@@ -192,7 +203,8 @@ def main() -> None:
         print(f"decisions: filters keep {c['kept_after_filters']:,} docs, same set: {c['filters_kept_equal']}; "
               f"minhash {c['clusters']} clusters removing {c['removed_by_minhash']}, same clusters: "
               f"{c['minhash_clusters_equal']}")  # fmt: skip
-    command = f".venv/bin/python benchmarks/curate.py --docs {args.docs} --files {args.files} --workers {args.workers} --repeats {args.repeats}"
+    source = f"--corpus {args.corpus}" if args.corpus is not None else f"--docs {args.docs} --files {args.files}"
+    command = f".venv/bin/python benchmarks/curate.py {source} --workers {args.workers} --repeats {args.repeats}"
     report("curate", results, unit="docs/s", ours="lmforge", peer="datatrove", command=command,
            extra={"documents": n_docs, "checks": checks})  # fmt: skip
     if not all(c["filters_kept_equal"] and c["minhash_clusters_equal"] for c in checks):
