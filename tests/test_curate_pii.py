@@ -22,40 +22,13 @@ import yaml
 from lmforge.curate.pii import DEFAULT_EMAIL_REPLACEMENT, DEFAULT_IP_REPLACEMENT, PIIConfig, mask_pii
 from lmforge.curate.pipeline import CurateConfig, curate
 from lmforge.errors import ConfigError
+from web_corpus import CHANGE_TRAPS, CONTEXTS, KEEP_TRAPS, random_email, random_public_ip
 
 N_DOCS = 600
 WORDS = ("the quick brown fox jumps over a lazy dog while data flows through pipelines and servers "
          "answer requests from users in many countries every single day").split()  # fmt: skip
 
-# Traps that must come out unchanged (private/reserved addresses, no fourth octet, leading zeros,
-# no dot in the domain, not an address at all).
-KEEP_TRAPS = [
-    "10.0.0.1", "10.12.7.200", "192.168.1.1", "192.168.0.254", "127.0.0.1", "172.16.5.4", "172.31.255.1",
-    "169.254.10.20", "0.0.0.0", "255.255.255.255", "100.64.1.2", "010.001.002.003",
-    "12.03.2024", "on 31.12.1999 at noon", "v2.10.1", "3.14159", "1,234.56", "user@localhost",
-    "root@localhost:22", "@handle", "name at example dot com", "a@b", "user@-bad-.com",
-]  # fmt: skip
-# Traps that datatrove changes and so must we, exactly (version-like strings that are global
-# addresses, an address glued to more digits, multicast, which `ipaddress` calls global).
-CHANGE_TRAPS = ["1.2.3.4", "version 4.4.8.1 released", "1.2.3.45678", "build 2.0.0.1-rc", "8.8.8.8.8", "224.0.0.251"]
-CONTEXTS = ["Contact {} for details.", "write to {}, please", "({})", "Mail: <{}>", "{}.", "see {}!", "'{}'",
-            "at {}\n", "ip={};", "[{}]", "{}:8080", '"{}"']  # fmt: skip
 
-
-def _email(rng: random.Random) -> str:
-    name = rng.choice(["john", "jane.doe", "a_b", "x", "info", "sales-team", "o'neil", "Mary.Ann", "ADMIN"])
-    if rng.random() < 0.3:
-        name += "+" + rng.choice(["news", "tag1", "x.y"])
-    domain = rng.choice(["example.com", "mail.example.org", "cs.uni-bonn.de", "a.b.c.io", "EXAMPLE.NET", "x1.co.uk"])
-    address = f"{name}@{domain}"
-    return address.upper() if rng.random() < 0.15 else address
-
-
-def _public_ip(rng: random.Random) -> str:
-    while True:
-        ip = ".".join(str(rng.randrange(256)) for _ in range(4))
-        if ipaddress.ip_address(ip).is_global:
-            return ip
 
 
 def build_pii_corpus(n: int = N_DOCS, seed: int = 0) -> list[dict]:
@@ -68,10 +41,10 @@ def build_pii_corpus(n: int = N_DOCS, seed: int = 0) -> list[dict]:
             parts.append(" ".join(rng.choices(WORDS, k=rng.randrange(3, 15))))
             kind = rng.random()
             if kind < 0.35:
-                item = _email(rng)
+                item = random_email(rng)
                 emails.append(item)
             elif kind < 0.6:
-                item = _public_ip(rng)
+                item = random_public_ip(rng)
                 ips.append(item)
             elif kind < 0.9:
                 item = rng.choice(KEEP_TRAPS)
