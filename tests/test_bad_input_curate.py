@@ -14,7 +14,10 @@ from lmforge.cli import main
 
 
 def row(i, text=None):
-    return json.dumps({"id": f"d{i}", "text": text or f"document number {i} has some words", "source": "s"}).encode() + b"\n"
+    return (
+        json.dumps({"id": f"d{i}", "text": text or f"document number {i} has some words", "source": "s"}).encode()
+        + b"\n"
+    )
 
 
 def truncated_gzip(path, n=3000):
@@ -137,6 +140,56 @@ def test_curate_strict_stops_with_one_line(tmp_path, capsys, caplog):
         errors = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
         assert rc != 0 and "Traceback" not in err and len(errors) == 1 and expected in errors[0], (path, err)
         assert not (folder / "stats.json").exists() and not list(folder.glob("documents/*"))
+
+
+def bad_corpus(folder):
+    """Good files beside a file of bad lines, a `.gz` that is not gzip and a truncated `.gz`."""
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(b"".join(row(i) for i in range(8)))
+    (folder / "b.jsonl").write_bytes(
+        row(20) + row(21).replace(b"number", b"num\xffber") + b'{"id": "x", "text": \n' + row(23) + b'{"id": "y"}\n'
+        + row(25) + row(0)  # an exact duplicate of a.jsonl's first line: removed by exact_dedup
+    )  # fmt: skip
+    (folder / "c.jsonl.gz").write_bytes(gzip.compress(b"".join(row(i) for i in range(30, 40))))
+    (folder / "d.jsonl.gz").write_bytes(b"this is not gzip at all\n")
+    truncated_gzip(folder / "e.jsonl.gz", n=2000)
+    return folder
+
+
+def curate_run(tmp_path, capsys, caplog, inputs, name, **options):
+    """`data curate` over `inputs` with a document step, a global step and a document step after
+    it (two stages of tasks); returns (kept documents' bytes per shard, sorted rejects, stats)."""
+    out = tmp_path / name
+    config = {"input": [str(inputs)], "output": str(out),
+              "steps": [{"length": {"min_words": 1}}, {"exact_dedup": {}}, {"length": {"min_words": 2, "label": "again"}}],
+              **options}  # fmt: skip
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    rc, _, err = run(capsys, caplog, "curate", cfg, "--quiet")
+    assert rc == 0 and "Traceback" not in err, err
+    assert "skipped 2 files and 3 lines" in err
+    kept = {p.name: gzip.decompress(p.read_bytes()) for p in sorted((out / "documents").glob("*.jsonl.gz"))}
+    rejects = sorted((r["file"], r["line"] or 0, r["reason"]) for r in curate_rejects(out))
+    stats = json.loads((out / "stats.json").read_text())
+    counts = {"input": stats["input"], "output": stats["output"],
+              "steps": [(s["label"], s["docs_in"], s["docs_out"], s["removed"]) for s in stats["steps"]]}  # fmt: skip
+    return kept, rejects, counts
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_curate_bad_input_same_result_with_any_workers_or_ray(tmp_path, capsys, caplog, executor):
+    """Bad lines and unreadable files are skipped the same way whichever worker reads them."""
+    if executor == "ray":
+        pytest.importorskip("ray")
+    corpus = bad_corpus(tmp_path / "in")
+    one = curate_run(tmp_path, capsys, caplog, corpus, "one", workers=1)
+    other = curate_run(tmp_path, capsys, caplog, corpus, executor, workers=2, executor=executor)
+    kept, rejects, counts = one
+    assert len(kept) == 5 and b'"id":"d20"' in kept["shard-00001.jsonl.gz"]
+    assert [(r[0].rsplit("/", 1)[1], r[1]) for r in rejects] == [("b.jsonl", 2), ("b.jsonl", 3), ("b.jsonl", 5),
+                                                                 ("d.jsonl.gz", 0), ("e.jsonl.gz", 0)]  # fmt: skip
+    assert (counts["input"]["skipped_files"], counts["input"]["rejected_lines"]) == (2, 3)
+    assert other == one
 
 
 # -- data mix ------------------------------------------------------------------------------------

@@ -118,7 +118,9 @@ class Step(Generic[ConfigT]):
 
     def setup(self) -> None:
         """Load heavy state (indexes, tokenizers) once per worker process, before the first
-        document. Steps are pickled to workers, so do not build such state in __init__."""
+        document. The parent builds each step once and pickles it to workers with every task
+        (`lmforge.curate.task`), so do not build such state in __init__, and leave it out of
+        the pickle (`__getstate__`) if setup may already have run in the pickling process."""
 
     def input_files(self) -> list[str]:
         """Files besides the documents that decide what this step does (blocklists, eval sets,

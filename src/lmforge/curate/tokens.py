@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lmforge.config import Config, require
+from lmforge.curate.layout import Layout
 from lmforge.curate.steps import CurateDocument
 from lmforge.data.token_files import token_dtype
-from lmforge.data.tokenize import CHUNK_BYTES, PartWriter, id_hash, encode_texts, warn_duplicates, write_meta
+from lmforge.data.tokenize import CHUNK_BYTES, PartWriter, encode_texts, id_hash, warn_duplicates, write_meta
 from lmforge.data.tokenizer import Tokenizer, load_tokenizer
 from lmforge.errors import ConfigError
 from lmforge.fsutil import staged_folder
 
-if TYPE_CHECKING:  # the pipeline imports this module: only its types are needed here
-    from lmforge.curate.pipeline import CurateConfig, Layout
+if TYPE_CHECKING:  # the pipeline imports this module: only its type is needed here
+    from lmforge.curate.pipeline import CurateConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ class ShardTokens:
             f.flush()
             os.fsync(f.fileno())
         for ext in ("npy", "csv.gz", "ids"):
-            os.replace(self.base.with_name(f"{self.base.name}.{ext}.tmp"), self.base.with_name(f"{self.base.name}.{ext}"))
+            os.replace(
+                self.base.with_name(f"{self.base.name}.{ext}.tmp"), self.base.with_name(f"{self.base.name}.{ext}")
+            )
         return entry | {"text_bytes": self.text_bytes, "documents_bytes": self.documents_path.stat().st_size,
                         "seconds": self.seconds}  # fmt: skip
 
@@ -114,20 +117,19 @@ class ShardTokens:
         self.base.with_name(self.base.name + ".ids.tmp").unlink(missing_ok=True)
 
 
-def check_tokenize(config: CurateConfig) -> TokenizeConfig:
+def check_tokenize(tokenize: TokenizeConfig, output: Path) -> TokenizeConfig:
     """`tokenize:` with an absolute `out`, after checking that its tokenizer loads and that its
-    folder is not one the pipeline writes documents to."""
-    assert config.tokenize is not None
-    spec = config.tokenize.tokenizer
+    folder is not one the pipeline (writing to `output`) writes documents to."""
+    spec = tokenize.tokenizer
     try:
         token_tokenizer(spec)
     except Exception as e:  # noqa: BLE001 - any failure to load is the field's problem
         raise ConfigError(f"tokenize.tokenizer: cannot load {spec!r} ({e})") from None
-    out = (config.tokenize.out or config.output / "tokens").absolute()
-    reserved = [config.output] + [config.output / d for d in ("documents", "attributes", "removed", "rejects", "work")]
-    if any(out == r or r in out.parents for r in reserved[1:]) or out == config.output:
+    out = (tokenize.out or output / "tokens").absolute()
+    reserved = [output] + [output / d for d in ("documents", "attributes", "removed", "rejects", "work")]
+    if any(out == r or r in out.parents for r in reserved[1:]) or out == output:
         raise ConfigError(f"tokenize.out: {out} is a folder the pipeline writes other files to; choose another")
-    return config.tokenize.replace(out=out)
+    return tokenize.replace(out=out)
 
 
 def write_tokens(config: CurateConfig, layout: Layout, last_stage: int, n_shards: int, progress: bool) -> None:
@@ -155,9 +157,15 @@ def write_tokens(config: CurateConfig, layout: Layout, last_stage: int, n_shards
             parts.append({"tokens": f"{name}.npy", "documents": f"{name}.csv.gz",
                           **{k: entry[k] for k in ("num_tokens", "num_documents", "source_file", "hash")}})  # fmt: skip
         meta, examples = write_meta(
-            staging, tok, parts, np.concatenate(id_hashes), seconds=sum(e["seconds"] for e in entries),
-            input_bytes=sum(e["documents_bytes"] for e in entries), text_bytes=sum(e["text_bytes"] for e in entries),
-            rejected_lines=0, skipped_files=0,
+            staging,
+            tok,
+            parts,
+            np.concatenate(id_hashes),
+            seconds=sum(e["seconds"] for e in entries),
+            input_bytes=sum(e["documents_bytes"] for e in entries),
+            text_bytes=sum(e["text_bytes"] for e in entries),
+            rejected_lines=0,
+            skipped_files=0,
         )
     warn_duplicates(out, meta, examples)
     if progress:
