@@ -187,7 +187,7 @@ def build_step(spec: Any, where: str) -> Step:
         spec = {spec: {}}
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: a step is written as '- <step name>: {{options}}', got {spec!r}")
-    (name, options), = spec.items()
+    ((name, options),) = spec.items()
     if name not in steps:
         close = difflib.get_close_matches(str(name), steps, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
