@@ -6,6 +6,9 @@ stops at the first with one line and no traceback."""
 import gzip
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,85 +38,136 @@ def run(capsys, caplog, *args):
     return rc, out, err + caplog.text
 
 
-# -- data curate ---------------------------------------------------------------------------------
+# -- the two entry points, driven alike -----------------------------------------------------------
 
 
-def curate(tmp_path, capsys, caplog, inputs, strict=False, name="out"):
+def run_curate(tmp_path, capsys, caplog, inputs, strict=False, name="out"):
     out = tmp_path / name
     config = {"input": [str(p) for p in inputs], "output": str(out), "workers": 1,
-              "steps": [{"length": {"min_words": 1}}], "write_removed": False}  # fmt: skip
-    if strict:
-        config["strict"] = True
+              "steps": [{"length": {"min_words": 1}}], "write_removed": False, "strict": strict}  # fmt: skip
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(config))
     rc, stdout, err = run(capsys, caplog, "curate", cfg, "--quiet")
     return rc, stdout, err, out
 
 
-def kept_ids(out):
-    ids = []
-    for shard in sorted((out / "documents").glob("*.jsonl.gz")):
-        ids += [json.loads(line)["id"] for line in gzip.decompress(shard.read_bytes()).splitlines()]
-    return ids
+def run_mix(tmp_path, capsys, caplog, inputs, strict=False, name="out"):
+    out = tmp_path / name
+    config = {"sources": [{"name": "s", "paths": [str(p) for p in inputs], "proportion": 1.0}], "output": str(out),
+              "strict": strict}  # fmt: skip
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    rc, stdout, err = run(capsys, caplog, "mix", cfg, "--quiet")
+    return rc, stdout, err, out
 
 
-def curate_rejects(out):
-    return [json.loads(line) for p in sorted((out / "rejects").glob("*.jsonl")) for line in p.read_text().splitlines()]
+def _ids(shards):
+    return [json.loads(line)["id"] for shard in shards for line in gzip.decompress(shard.read_bytes()).splitlines()]
 
 
-def test_curate_invalid_utf8_loses_one_line(tmp_path, capsys, caplog):
+def _jsonl(paths):
+    return [json.loads(line) for p in paths for line in p.read_text().splitlines()]
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """How to run `data curate` or `data mix` and read back what it kept, rejected and counted."""
+
+    run: Callable
+    kept_ids: Callable[[Path], list[str]]
+    rejects: Callable[[Path], list[dict]]
+    report: Callable[[Path], dict]  # has rejected_lines and skipped_files
+    wrote_nothing: Callable[[Path], bool]  # after a strict stop
+
+
+ENTRY_POINTS = {
+    "curate": EntryPoint(
+        run=run_curate,
+        kept_ids=lambda out: _ids(sorted((out / "documents").glob("*.jsonl.gz"))),
+        rejects=lambda out: _jsonl(sorted((out / "rejects").glob("*.jsonl"))),
+        report=lambda out: json.loads((out / "stats.json").read_text())["input"],
+        wrote_nothing=lambda out: not (out / "stats.json").exists() and not list(out.glob("documents/*")),
+    ),
+    "mix": EntryPoint(
+        run=run_mix,
+        # mix shuffles documents across shards: compare in id order
+        kept_ids=lambda out: sorted(_ids(sorted(out.glob("mix-*.jsonl.gz"))), key=lambda i: int(i[1:])),
+        rejects=lambda out: _jsonl([out / "rejects.jsonl"]),
+        report=lambda out: json.loads((out / "mix.json").read_text()),
+        wrote_nothing=lambda out: not out.exists(),
+    ),
+}
+
+
+@pytest.fixture(params=list(ENTRY_POINTS))
+def entry(request) -> EntryPoint:
+    return ENTRY_POINTS[request.param]
+
+
+def skipped(entry, folder):
+    report = entry.report(folder)
+    return report["rejected_lines"], report["skipped_files"]
+
+
+def test_invalid_utf8_loses_one_line(entry, tmp_path, capsys, caplog):
     bad = tmp_path / "bad.jsonl"
     lines = [row(i) for i in range(6)]
     lines[2] = lines[2].replace(b"number", b"num\xffber")  # line 3
     bad.write_bytes(b"".join(lines))
-    rc, out, err, folder = curate(tmp_path, capsys, caplog, [bad])
+    rc, out, err, folder = entry.run(tmp_path, capsys, caplog, [bad])
     assert rc == 0 and "Traceback" not in err, err
-    assert kept_ids(folder) == ["d0", "d1", "d3", "d4", "d5"]
-    (r,) = curate_rejects(folder)
+    assert entry.kept_ids(folder) == ["d0", "d1", "d3", "d4", "d5"]
+    (r,) = entry.rejects(folder)
     assert (r["file"], r["line"], r["reason"]) == (str(bad), 3, "invalid UTF-8 (byte 0xff at column 35)")
+    assert skipped(entry, folder) == (1, 0)
+    assert "skipped 0 files and 1 line; see " in err
+
+
+def test_curate_reject_keeps_the_raw_line(tmp_path, capsys, caplog):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(row(0) + row(1).replace(b"number", b"num\xffber"))
+    rc, out, err, folder = run_curate(tmp_path, capsys, caplog, [bad])
+    (r,) = ENTRY_POINTS["curate"].rejects(folder)
     assert "num\ufffdber" in r["raw"]
-    stats = json.loads((folder / "stats.json").read_text())
-    assert (stats["input"]["rejected_lines"], stats["input"]["skipped_files"]) == (1, 0)
-    assert "skipped 0 files and 1 line" in err
 
 
-def test_curate_bad_json_missing_and_non_string_text(tmp_path, capsys, caplog):
+def test_bad_json_missing_and_non_string_text(entry, tmp_path, capsys, caplog):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(
         row(0) + b'{"id": "x", "text": \n' + row(2) + b'{"id": "y"}\n' + row(4) + b'{"id": "z", "text": 7}\n' + row(6)
     )
-    rc, out, err, folder = curate(tmp_path, capsys, caplog, [bad])
+    rc, out, err, folder = entry.run(tmp_path, capsys, caplog, [bad])
     assert rc == 0 and "Traceback" not in err, err
-    assert kept_ids(folder) == ["d0", "d2", "d4", "d6"]
-    got = [(r["file"], r["line"], r["reason"].split(" (")[0]) for r in curate_rejects(folder)]
+    assert entry.kept_ids(folder) == ["d0", "d2", "d4", "d6"]
+    got = [(r["file"], r["line"], r["reason"].split(" (")[0]) for r in entry.rejects(folder)]
     assert got == [(str(bad), 2, "invalid JSON"), (str(bad), 4, "document has no 'text' field"),
                    (str(bad), 6, "document 'text' is int, not a string")]  # fmt: skip
+    assert skipped(entry, folder) == (3, 0)
     assert "skipped 0 files and 3 lines" in err
 
 
-def test_curate_not_gzip_beside_a_good_file(tmp_path, capsys, caplog):
+def test_not_gzip_beside_a_good_file(entry, tmp_path, capsys, caplog):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jsonl.gz").write_bytes(b"this is not gzip at all\n")
     (tmp_path / "in" / "b.jsonl").write_bytes(row(0) + row(1))
-    rc, out, err, folder = curate(tmp_path, capsys, caplog, [tmp_path / "in"])
+    rc, out, err, folder = entry.run(tmp_path, capsys, caplog, [tmp_path / "in"])
     assert rc == 0 and "Traceback" not in err, err
-    assert kept_ids(folder) == ["d0", "d1"]
+    assert entry.kept_ids(folder) == ["d0", "d1"]
     named = [line for line in err.splitlines() if "a.jsonl.gz" in line]
     assert len(named) == 1 and "not a gzip file" in named[0]
-    (r,) = curate_rejects(folder)
+    (r,) = entry.rejects(folder)
     assert r["file"] == str(tmp_path / "in" / "a.jsonl.gz") and r["line"] is None and "not a gzip" in r["reason"]
-    stats = json.loads((folder / "stats.json").read_text())
-    assert (stats["input"]["rejected_lines"], stats["input"]["skipped_files"]) == (0, 1)
+    assert skipped(entry, folder) == (0, 1)
     assert "skipped 1 file and 0 lines" in err
 
 
-def test_curate_truncated_gzip_keeps_documents_before_the_cut(tmp_path, capsys, caplog):
+def test_truncated_gzip_keeps_documents_before_the_cut(entry, tmp_path, capsys, caplog):
     cut = truncated_gzip(tmp_path / "cut.jsonl.gz")
-    rc, out, err, folder = curate(tmp_path, capsys, caplog, [cut])
+    rc, out, err, folder = entry.run(tmp_path, capsys, caplog, [cut])
     assert rc == 0 and "Traceback" not in err, err
-    kept = kept_ids(folder)
+    kept = entry.kept_ids(folder)
     assert 0 < len(kept) < 3000 and kept == [f"d{i}" for i in range(len(kept))]
-    (r,) = curate_rejects(folder)
+    (r,) = entry.rejects(folder)
     assert r["line"] is None and r["reason"].startswith(f"truncated: the stream ends after line {len(kept)}")
     assert len([line for line in err.splitlines() if "cut.jsonl.gz: truncated" in line]) == 1
 
@@ -134,12 +188,15 @@ def bad_inputs(tmp_path):
             (cut, "cut.jsonl.gz: truncated")]  # fmt: skip
 
 
-def test_curate_strict_stops_with_one_line(tmp_path, capsys, caplog):
+def test_strict_stops_with_one_line(entry, tmp_path, capsys, caplog):
     for path, expected in bad_inputs(tmp_path):
-        rc, out, err, folder = curate(tmp_path, capsys, caplog, [path], strict=True, name=f"out-{path.name}")
+        rc, out, err, folder = entry.run(tmp_path, capsys, caplog, [path], strict=True, name=f"out-{path.name}")
         errors = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
         assert rc != 0 and "Traceback" not in err and len(errors) == 1 and expected in errors[0], (path, err)
-        assert not (folder / "stats.json").exists() and not list(folder.glob("documents/*"))
+        assert entry.wrote_nothing(folder)
+
+
+# -- curate's executors ----------------------------------------------------------------------------
 
 
 def bad_corpus(folder):
@@ -169,7 +226,7 @@ def curate_run(tmp_path, capsys, caplog, inputs, name, **options):
     assert rc == 0 and "Traceback" not in err, err
     assert "skipped 2 files and 3 lines" in err
     kept = {p.name: gzip.decompress(p.read_bytes()) for p in sorted((out / "documents").glob("*.jsonl.gz"))}
-    rejects = sorted((r["file"], r["line"] or 0, r["reason"]) for r in curate_rejects(out))
+    rejects = sorted((r["file"], r["line"] or 0, r["reason"]) for r in ENTRY_POINTS["curate"].rejects(out))
     stats = json.loads((out / "stats.json").read_text())
     counts = {"input": stats["input"], "output": stats["output"],
               "steps": [(s["label"], s["docs_in"], s["docs_out"], s["removed"]) for s in stats["steps"]]}  # fmt: skip
@@ -190,88 +247,3 @@ def test_curate_bad_input_same_result_with_any_workers_or_ray(tmp_path, capsys, 
                                                                  ("d.jsonl.gz", 0), ("e.jsonl.gz", 0)]  # fmt: skip
     assert (counts["input"]["skipped_files"], counts["input"]["rejected_lines"]) == (2, 3)
     assert other == one
-
-
-# -- data mix ------------------------------------------------------------------------------------
-
-
-def mix(tmp_path, capsys, caplog, paths, strict=False, name="mixed"):
-    out = tmp_path / name
-    config = {"sources": [{"name": "s", "paths": [str(p) for p in paths], "proportion": 1.0}], "output": str(out)}
-    if strict:
-        config["strict"] = True
-    cfg = tmp_path / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    rc, stdout, err = run(capsys, caplog, "mix", cfg, "--quiet")
-    return rc, stdout, err, out
-
-
-def mixed_ids(out):
-    ids = []
-    for shard in sorted(out.glob("mix-*.jsonl.gz")):
-        ids += [json.loads(line)["id"] for line in gzip.decompress(shard.read_bytes()).splitlines()]
-    return sorted(ids, key=lambda i: int(i[1:]))
-
-
-def mix_rejects(out):
-    return [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-
-
-def test_mix_invalid_utf8_loses_one_line(tmp_path, capsys, caplog):
-    bad = tmp_path / "bad.jsonl"
-    lines = [row(i) for i in range(6)]
-    lines[2] = lines[2].replace(b"number", b"num\xffber")  # line 3
-    bad.write_bytes(b"".join(lines))
-    rc, out, err, folder = mix(tmp_path, capsys, caplog, [bad])
-    assert rc == 0 and "Traceback" not in err, err
-    assert mixed_ids(folder) == ["d0", "d1", "d3", "d4", "d5"]
-    assert mix_rejects(folder) == [{"file": str(bad), "line": 3, "reason": "invalid UTF-8 (byte 0xff at column 35)"}]
-    report = json.loads((folder / "mix.json").read_text())
-    assert (report["rejected_lines"], report["skipped_files"]) == (1, 0)
-    assert f"skipped 0 files and 1 line; see {folder / 'rejects.jsonl'}" in err
-
-
-def test_mix_bad_json_missing_and_non_string_text(tmp_path, capsys, caplog):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(
-        row(0) + b'{"id": "x", "text": \n' + row(2) + b'{"id": "y"}\n' + row(4) + b'{"id": "z", "text": 7}\n' + row(6)
-    )
-    rc, out, err, folder = mix(tmp_path, capsys, caplog, [bad])
-    assert rc == 0 and "Traceback" not in err, err
-    assert mixed_ids(folder) == ["d0", "d2", "d4", "d6"]
-    got = [(r["file"], r["line"], r["reason"].split(" (")[0]) for r in mix_rejects(folder)]
-    assert got == [(str(bad), 2, "invalid JSON"), (str(bad), 4, "document has no 'text' field"),
-                   (str(bad), 6, "document 'text' is int, not a string")]  # fmt: skip
-
-
-def test_mix_not_gzip_beside_a_good_file(tmp_path, capsys, caplog):
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jsonl.gz").write_bytes(b"this is not gzip at all\n")
-    (tmp_path / "in" / "b.jsonl").write_bytes(row(0) + row(1))
-    rc, out, err, folder = mix(tmp_path, capsys, caplog, [tmp_path / "in"])
-    assert rc == 0 and "Traceback" not in err, err
-    assert mixed_ids(folder) == ["d0", "d1"]
-    named = [line for line in err.splitlines() if "a.jsonl.gz" in line]
-    assert len(named) == 1 and "not a gzip file" in named[0]
-    (r,) = mix_rejects(folder)
-    assert r["file"] == str(tmp_path / "in" / "a.jsonl.gz") and r["line"] is None
-    assert "skipped 1 file and 0 lines" in err
-
-
-def test_mix_truncated_gzip_keeps_documents_before_the_cut(tmp_path, capsys, caplog):
-    cut = truncated_gzip(tmp_path / "cut.jsonl.gz")
-    rc, out, err, folder = mix(tmp_path, capsys, caplog, [cut])
-    assert rc == 0 and "Traceback" not in err, err
-    kept = mixed_ids(folder)
-    assert 0 < len(kept) < 3000 and kept == [f"d{i}" for i in range(len(kept))]
-    (r,) = mix_rejects(folder)
-    assert r["line"] is None and r["reason"].startswith(f"truncated: the stream ends after line {len(kept)}")
-    assert len([line for line in err.splitlines() if "cut.jsonl.gz: truncated" in line]) == 1
-
-
-def test_mix_strict_stops_with_one_line(tmp_path, capsys, caplog):
-    for path, expected in bad_inputs(tmp_path):
-        rc, out, err, folder = mix(tmp_path, capsys, caplog, [path], strict=True, name=f"mix-{path.name}")
-        errors = [line for line in err.splitlines() if line.startswith("lmforge: error:")]
-        assert rc != 0 and "Traceback" not in err and len(errors) == 1 and expected in errors[0], (path, err)
-        assert not folder.exists()
