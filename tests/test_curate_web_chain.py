@@ -46,7 +46,8 @@ def test_web_chain_same_decisions_and_texts_as_datatrove(tmp_path, corpus, monke
     run_lmforge(corpus, tmp_path / "lmforge", workers=1, chain="web")
     run_datatrove(corpus, tmp_path / "datatrove", workers=1, files=3, chain="web")
 
-    original = {json.loads(line)["id"]: json.loads(line)["text"] for p in corpus.glob("*.gz") for line in gzip.open(p, "rt")}
+    rows = [json.loads(line) for p in corpus.glob("*.gz") for line in gzip.open(p, "rt")]
+    original = {row["id"]: row["text"] for row in rows}
     result = compare(lmforge_decisions(tmp_path / "lmforge", corpus), datatrove_decisions(tmp_path / "datatrove"),
                      original)  # fmt: skip
     assert result["filters_kept_equal"], result

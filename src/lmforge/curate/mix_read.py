@@ -24,6 +24,7 @@ from lmforge.data.documents import (
     file_problem,
     open_bytes_counted,
     parse_document,
+    text_document,
 )
 from lmforge.data.tokenizer import TokenCounter
 
@@ -92,7 +93,7 @@ def iter_records(
 def parse_record(path: Path, line_no: int, payload: str) -> Document:
     """The document of one `iter_records` record (a .txt file's is named after the file)."""
     if path.name.endswith(TEXT_SUFFIXES):
-        return Document(id=path.name, text=payload, source=path.name.split(".")[0])
+        return text_document(payload, path)
     return parse_document(payload, path, line_no)
 
 

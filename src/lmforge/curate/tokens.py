@@ -126,8 +126,8 @@ def check_tokenize(tokenize: TokenizeConfig, output: Path) -> TokenizeConfig:
     except Exception as e:  # noqa: BLE001 - any failure to load is the field's problem
         raise ConfigError(f"tokenize.tokenizer: cannot load {spec!r} ({e})") from None
     out = (tokenize.out or output / "tokens").absolute()
-    reserved = [output] + [output / d for d in ("documents", "attributes", "removed", "rejects", "work")]
-    if any(out == r or r in out.parents for r in reserved[1:]) or out == output:
+    written = [output / d for d in ("documents", "attributes", "removed", "rejects", "work")]
+    if out == output or any(out == w or w in out.parents for w in written):
         raise ConfigError(f"tokenize.out: {out} is a folder the pipeline writes other files to; choose another")
     return tokenize.replace(out=out)
 
