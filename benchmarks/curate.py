@@ -8,6 +8,7 @@ public IPs). `--chain filters` drops language ID and PII.
 
     .venv/bin/python benchmarks/curate.py [--chain web] [--docs 20000] [--files 8] [--workers 2] [--repeats 3]
     .venv/bin/python benchmarks/curate.py --corpus FOLDER     # time your own *.jsonl.gz files instead
+    .venv/bin/python benchmarks/curate.py --files 1 --compare-workers 1,2   # lmforge alone: 1 vs 2 workers
 
 The generated corpus is tests/web_corpus.py's: the sample corpus (web pages, books, code docs,
 spam, near and exact copies) with 10 % of pages in seven other languages, 3 % English pages with
@@ -28,6 +29,12 @@ cluster); and every document both keep must have the same masked text. The PII r
 lists have one string each: datatrove cycles through its lists across a task's documents, lmforge
 within each document, so longer lists would differ only in which string stands where.
 Prints documents/s per tool and the ratio; writes benchmarks/results/curate.json.
+
+`--compare-workers 1,2` times lmforge alone with each worker count in turn (alternating rounds,
+fresh processes, medians), prints the speed-up of the last count over the first, and checks after
+every round that all counts wrote the same bytes (documents, attributes, removed, rejects). With
+`--files 1` that is one big .jsonl.gz, which lmforge cuts into pieces (`shard_docs`) so that more
+than one core works on it. Writes benchmarks/results/curate-workers.json.
 """
 
 from __future__ import annotations
@@ -210,6 +217,58 @@ def compare(ours: Decisions, theirs: Decisions, original: dict[str, str]) -> dic
     }
 
 
+# -- lmforge with different worker counts -------------------------------------------------------
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    """Every file a curate run wrote but its statistics and config (they hold timings, paths)."""
+    skip = ("stats.json", "stats.png", "pipeline.json", "pipeline.yaml")
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in skip)
+    return {str(p.relative_to(out)): p.read_bytes() for p in files}
+
+
+def compare_workers(args: argparse.Namespace, tmp: Path, n_docs: int) -> None:
+    counts = [int(w) for w in args.compare_workers.split(",")]
+    names = {w: f"{w} worker" + ("s" if w != 1 else "") for w in counts}
+    counter = iter(range(10_000))
+    last: dict[int, Path] = {}
+
+    def case(workers: int):
+        def timed() -> float:
+            out = tmp / f"lmforge-w{workers}-{next(counter)}"
+            cmd = [sys.executable, __file__, "--_run", "lmforge", "--_corpus", str(tmp / "corpus"), "--_out", str(out),
+                   "--workers", str(workers), "--chain", args.chain]  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds = time.perf_counter() - start
+            last[workers] = out
+            return n_docs / seconds
+
+        return timed
+
+    load_before = os.getloadavg()
+    results = {names[w]: [] for w in counts}
+    equal: list[bool] = []
+    for _ in range(args.repeats):
+        for w in counts:
+            results[names[w]].extend(run_interleaved({names[w]: case(w)}, 1)[names[w]])
+        reference = output_bytes(last[counts[0]])
+        equal.append(all(output_bytes(last[w]) == reference for w in counts[1:]))
+    shards = json.loads((last[counts[0]] / "stats.json").read_text())["input"]["shards"]
+    load_after = os.getloadavg()
+    print(f"input cut into {shards} shards; output bytes equal for {', '.join(names.values())}: "
+          f"{all(equal)} (every round: {equal})")  # fmt: skip
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    source = f"--corpus {args.corpus}" if args.corpus is not None else f"--docs {args.docs} --files {args.files}"
+    command = (f".venv/bin/python benchmarks/curate.py --chain {args.chain} {source} --compare-workers "
+               f"{args.compare_workers} --repeats {args.repeats}")  # fmt: skip
+    report("curate-workers", results, unit="docs/s", ours=names[counts[-1]], peer=names[counts[0]], command=command,
+           extra={"documents": n_docs, "chain": args.chain, "shards": shards, "bytes_equal": equal,
+                  "load_before": load_before, "load_after": load_after})  # fmt: skip
+    if not all(equal):
+        sys.exit("outputs differ between worker counts")
+
+
 # -- driver --------------------------------------------------------------------------------------
 
 
@@ -221,6 +280,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare-workers", metavar="N,M", help="lmforge alone with these worker counts: bytes equal?")
     ap.add_argument("--corpus", type=Path, help="a folder of dolma *.jsonl.gz files to time instead of the "
                                                  "generated corpus (--docs, --files and --seed are then ignored)")
     ap.add_argument("--_run", choices=["lmforge", "datatrove"], help=argparse.SUPPRESS)
@@ -256,6 +316,11 @@ def main() -> None:
         write_sample_corpus(build(n_docs=args.docs, seed=args.seed), tmp / "corpus", n_files=args.files)
     original = {row["id"]: row["text"] for rows in _rows(tmp / "corpus") for row in rows}
     n_docs = len(original)
+    if args.compare_workers:
+        print(f"corpus: {n_docs:,} documents in {args.files} files, {args.chain} chain, lmforge with "
+              f"{args.compare_workers} workers, {args.repeats} rounds")  # fmt: skip
+        compare_workers(args, tmp, n_docs)
+        return
     print(f"corpus: {n_docs:,} documents in {args.files} files, {args.chain} chain, {args.workers} workers, "
           f"{args.repeats} rounds")  # fmt: skip
     # datatrove's asset cache, pointed at a private folder so its lid.176 "download" is our file

@@ -39,6 +39,7 @@ from lmforge.eval.scoring import score_requests  # noqa: E402
 from lmforge.eval.tasks import load_task  # noqa: E402
 from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.model.hf import from_hf, to_hf  # noqa: E402
+from lmforge.model.transformer import Transformer
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
     preset = ModelConfig.preset(args.preset)
     tok = train_bpe([REPO / "data" / "demo" / "train.jsonl.gz"], vocab_size=preset.vocab_size, show_progress=False)
     torch.manual_seed(0)
-    model = preset.replace(vocab_size=tok.vocab_size).build()
+    model = Transformer(preset.replace(vocab_size=tok.vocab_size))
     requests = []
     for task, variant in parse_tasks(args.tasks):
         for doc in load_task(task, variant, limit=args.limit).docs:

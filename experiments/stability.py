@@ -9,7 +9,8 @@ marked "recipe" in configs/experiments/stability/{olmo0424,olmo2}.yaml:
 
 Spikes are counted by the run's own spike monitor (`spikes:` in the config; a step whose loss
 or gradient norm exceeds the mean + 6σ of the last 128 steps, as the OLMo 2 paper counts
-them), and each spike's batch is attributed to its documents.
+them; the configs switch the monitor's early median/MAD rule off, so steps before 32 steps of
+history are not judged), and each spike's batch is attributed to its documents.
 
     .venv/bin/python experiments/stability.py                 # 2 recipes × 3 seeds
     .venv/bin/python experiments/stability.py --report        # tables and plot from finished runs

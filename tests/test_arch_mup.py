@@ -11,6 +11,7 @@ import torch
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.model.config import ModelConfig
 from lmforge.model.hf import from_hf, to_hf
+from lmforge.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 
@@ -30,7 +31,7 @@ def test_pre_norm_without_qk_norm_is_llama():
     """norm_placement: pre + qk_norm: false (OLMo 0424 / Llama) gives LlamaForCausalLM's logits."""
     cfg = ModelConfig(**SHAPE, norm_placement="pre", qk_norm=False, norm_eps=1e-5)
     torch.manual_seed(0)
-    ours = cfg.build()
+    ours = Transformer(cfg)
     _perturb_norms(ours)
     hf_cfg = transformers.LlamaConfig(
         vocab_size=cfg.padded_vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.mlp_hidden,
@@ -61,9 +62,9 @@ def test_pre_norm_without_qk_norm_is_llama():
 @pytest.mark.parametrize("switch", [dict(norm_placement="pre"), dict(qk_norm=False)])
 def test_switches_change_the_model_and_export_refuses_them(switch, tmp_path):
     torch.manual_seed(0)
-    base = ModelConfig(**SHAPE).build()
+    base = Transformer(ModelConfig(**SHAPE))
     torch.manual_seed(0)
-    other = ModelConfig(**SHAPE, **switch).build()
+    other = Transformer(ModelConfig(**SHAPE, **switch))
     _perturb_norms(base), _perturb_norms(other)
     tokens = torch.randint(0, 256, (1, 16))
     with torch.no_grad():
@@ -80,7 +81,7 @@ def test_mup_at_base_width_is_standard():
     mup = ModelConfig(**SHAPE, parametrization="mup", mup_base_d_model=SHAPE["d_model"])
     assert mup.width_mult == 1.0 and mup.logit_multiplier == 1.0
     assert mup.attn_scale == pytest.approx(1 / math.sqrt(std.head_dim))
-    a, b = std.build(device="meta"), mup.build(device="meta")
+    a, b = Transformer(std, device="meta"), Transformer(mup, device="meta")
     for model in (a, b):
         model.to_empty(device="cpu")
         model.init_weights(seed=7)
@@ -95,7 +96,7 @@ def test_mup_init_and_multipliers_scale_with_width():
     assert cfg.width_mult == 4.0
     assert cfg.logit_multiplier == pytest.approx(0.5)
     assert cfg.attn_scale == pytest.approx(math.sqrt(16) / 64)  # 1/head_dim × sqrt(base head_dim)
-    model = cfg.build()
+    model = Transformer(cfg)
     stds = {name: p.std().item() for name, p in model.named_parameters() if p.ndim == 2}
     # trunc_normal at ±3σ has std ≈ 0.986σ
     assert stds["blocks.0.mlp.w_up.weight"] == pytest.approx(0.02 / 2 * 0.986, rel=0.05)
@@ -110,7 +111,7 @@ def test_mup_export_folds_multipliers_and_transformers_agrees(tmp_path):
     cfg = ModelConfig(**{**SHAPE, "d_model": 128, "mlp_hidden": 192}, parametrization="mup", mup_base_d_model=32,
                       mup_output_multiplier=3.0)
     torch.manual_seed(0)
-    model = cfg.build()
+    model = Transformer(cfg)
     _perturb_norms(model)
     out = to_hf(model, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
@@ -149,7 +150,7 @@ def test_packed_eval_scoring_follows_the_switches(switch):
 
     cfg = ModelConfig(**SHAPE, **switch)
     torch.manual_seed(0)
-    model = cfg.build().eval()
+    model = Transformer(cfg).eval()
     _perturb_norms(model)
     tokens = torch.randint(0, 256, (1, 20))
     T = tokens.shape[1]

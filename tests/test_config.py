@@ -91,7 +91,7 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert "not an lmforge model checkpoint" in result.stderr
+    assert "does not exist" in result.stderr
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)

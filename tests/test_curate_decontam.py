@@ -245,9 +245,11 @@ def test_config_errors(tmp_path, eval_file):
         DecontaminateConfig(tasks=["hellaswag", "arc_eazy"])
     for valid in ("arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa", "winogrande", "gsm8k"):
         assert valid in str(e.value)
+    # a task without the default variant reads its own (lambada has only bpb_0shot); a named one must exist
+    assert DecontaminateConfig(tasks=["lambada"]).sources() == [("lambada", "bpb_0shot")]
     message = r"tasks\[0\]: OLMES task 'lambada' has no variant 'rc_0shot' \(it has: bpb_0shot\)"
     with pytest.raises(ConfigError, match=message):
-        DecontaminateConfig(tasks=["lambada"])
+        DecontaminateConfig(tasks=["lambada:rc_0shot"])
     DecontaminateConfig(tasks=["lambada:bpb_0shot", "arc_easy"])
     DecontaminateConfig(tasks=["piqa"], variant="mc_5shot")
     with pytest.raises(ConfigError, match=r"ngram: must be at least 1, got 0"):

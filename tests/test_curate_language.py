@@ -128,7 +128,8 @@ def test_same_decisions_as_datatrove(corpus, model_file, monkeypatch, ours, lang
         if not same:
             mismatched.append((d["id"], ours_kept, peer_kept, verdict.values, doc.metadata))
         if not ours_kept:
-            assert verdict.reason == f"language:{verdict.values['language']}"
+            rule = f"{','.join(step.config.languages) or 'any'}<={step.config.threshold:g}"
+            assert verdict.reason == f"language:{rule}"  # the rule it failed, e.g. language:en<=0.65
     assert not mismatched, f"{len(mismatched)} of {len(corpus)} documents differ from datatrove: {mismatched[:3]}"
     assert 0 < kept < len(corpus), "a configuration that keeps all or nothing proves little"
 
@@ -188,7 +189,7 @@ def test_step_pickles_without_model_and_in_pipeline(tmp_path, corpus, model_file
     assert [a["language__language"][0][2] for a in attrs] == ["fr"] * len(kept_ids)  # rows of the kept documents
     assert all(a["language__language_score"][0][2] > 0.65 for a in attrs)
     (step,) = stats["steps"]
-    assert step["removed"] == {"language:en": sum(d["lang"] == "en" for d in docs)}
+    assert step["removed"] == {"language:fr<=0.65": sum(d["lang"] == "en" for d in docs)}
 
 
 @pytest.mark.parametrize("options,field", [

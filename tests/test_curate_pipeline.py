@@ -92,13 +92,26 @@ def test_one_and_two_workers_write_identical_bytes(tmp_path, corpus_dir):
     assert a.keys() == b.keys() and a == b
 
 
-def test_ray_executor_matches_local(tmp_path, corpus_dir):
+def test_ray_executor_matches_local(tmp_path, corpus_dir, monkeypatch):
+    """Ray on compressed files cut into pieces (6 files of ~133 documents, 3 pieces each); its
+    tasks' document counts reach the driver's progress bar."""
     pytest.importorskip("ray")
+    from lmforge.curate.executors import StageProgress
+
+    lives: list[int] = []
+
+    class Recording(StageProgress):
+        def set_live(self, live: int) -> None:
+            lives.append(live)
+            super().set_live(live)
+
+    monkeypatch.setattr("lmforge.curate.pipeline.StageProgress", Recording)
     steps = [{"gopher_quality": {}}, {"minhash_dedup": {}}]
-    local, _ = run(tmp_path, corpus_dir, steps, "local", workers=1)
-    ray_out, stats = run(tmp_path, corpus_dir, steps, "ray", workers=2, executor="ray")
+    local, _ = run(tmp_path, corpus_dir, steps, "local", workers=1, shard_docs=60)
+    ray_out, stats = run(tmp_path, corpus_dir, steps, "ray", workers=2, executor="ray", shard_docs=60)
     a, b = output_files(local), output_files(ray_out)
-    assert a == b and stats["output"]["documents"] > 0
+    assert a == b and stats["output"]["documents"] > 0 and stats["input"]["shards"] == 18
+    assert 0 < max(lives) <= stats["input"]["documents"]  # counts per stage; the first stage reads them all
 
 
 def test_sigkill_then_resume_gives_the_clean_output(tmp_path, corpus_dir):

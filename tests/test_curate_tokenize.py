@@ -72,6 +72,43 @@ def test_pipeline_tokens_equal_data_tokenize_on_its_documents(tmp_path, corpus_d
     assert tf.num_tokens == meta["num_tokens"] and len(tf.documents_in(0, 10)) >= 1
 
 
+@pytest.mark.parametrize("options", [{"validation": 0.2}, {"validation_docs": 25, "validation_seed": 3}],
+                         ids=["fraction", "count"])  # fmt: skip
+def test_pipeline_split_equals_data_tokenize_split_on_its_documents(tmp_path, corpus_dir, tokenizer_json, options):
+    from lmforge.data.split import ValidationSplit
+
+    out = tmp_path / "split"
+    spec = {"input": [str(corpus_dir)], "output": str(out), "steps": STEPS, "workers": 1,
+            "tokenize": {"tokenizer": tokenizer_json, **options}}  # fmt: skip
+    curate(CurateConfig.from_dict(spec), progress=False)
+    assert sorted(p.name for p in (out / "tokens").iterdir()) == ["train", "val"]
+    seed = options.get("validation_seed", 0)
+    split = ValidationSplit.of(options.get("validation"), options.get("validation_docs"), seed)
+    tokenize([out / "documents"], tokenizer_json, tmp_path / "ref", workers=1, progress=False, validation=split)
+    for side in ("train", "val"):
+        a, b = token_bytes(out / "tokens" / side), token_bytes(tmp_path / "ref" / side)
+        assert sorted(a) == sorted(b) and any(k.endswith(".npy") for k in a)
+        for name in a:
+            assert a[name] == b[name], f"{side}/{name}"
+    meta = {side: json.loads((out / "tokens" / side / "meta.json").read_text()) for side in ("train", "val")}
+    n_docs = sum(1 for p in (out / "documents").glob("*.gz") for _ in gzip.open(p))
+    assert meta["train"]["num_documents"] + meta["val"]["num_documents"] == n_docs
+    if "validation_docs" in options:
+        assert meta["val"]["num_documents"] == 25 and meta["val"]["split"]["validation_seed"] == 3
+    # the pipeline's own record is the unsplit config's plus the options
+    assert json.loads((out / "pipeline.json").read_text())["pipeline"]["tokenize"]["validation_seed"] == seed
+
+
+def test_unsplit_tokenize_config_round_trips_without_split_fields(tokenizer_json):
+    from lmforge.curate.tokens import TokenizeConfig
+
+    # pipeline.json of runs made before the split options existed must still match on resume
+    assert TokenizeConfig(tokenizer=tokenizer_json).to_dict() == {"tokenizer": tokenizer_json, "out": None}
+    with pytest.raises(ConfigError, match=r"tokenize.validation: 2.0 is not a fraction"):
+        CurateConfig.from_dict({"input": ["x"], "output": "o", "steps": STEPS,
+                                "tokenize": {"tokenizer": tokenizer_json, "validation": 2.0}})  # fmt: skip
+
+
 def test_two_workers_and_ray_write_the_same_tokens(tmp_path, corpus_dir, tokenizer_json):
     one = run(tmp_path, corpus_dir, tokenizer_json, "one", workers=1)
     two = run(tmp_path, corpus_dir, tokenizer_json, "two", workers=2)

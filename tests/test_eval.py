@@ -12,6 +12,7 @@ import torch
 
 from conftest import lm_eval_task_yaml
 from lmforge.errors import LmforgeError
+from lmforge.model.transformer import Transformer
 
 N_DOCS = 200  # per task, as the acceptance criterion asks
 
@@ -29,7 +30,7 @@ def tiny_export(tmp_path_factory):
     tok = train_bpe([root / "data" / "demo" / "train.jsonl.gz"], vocab_size=1024, show_progress=False)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, mlp_hidden=128, max_seq_len=1024)
-    model = cfg.build()
+    model = Transformer(cfg)
     out = tmp_path_factory.mktemp("eval") / "hf"
     to_hf(model, out, tok)
     return out, model, tok
@@ -148,7 +149,7 @@ def small_model():
     tok = train_bpe([root / "data" / "demo" / "val.jsonl.gz"], vocab_size=400, show_progress=False)
     torch.manual_seed(1)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len=64)
-    model = cfg.build()
+    model = Transformer(cfg)
     return model, tok
 
 
@@ -305,7 +306,7 @@ def test_olmo2_tokenization_matches_lm_eval(tmp_path, monkeypatch, one_thread):
 
     tok = load_tokenizer("olmo2")
     torch.manual_seed(0)
-    model = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64).build()
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64))
     to_hf(model, tmp_path / "hf", tok)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pytest.importorskip("lm_eval")

@@ -6,10 +6,11 @@ from lmforge.cli import main
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.model import ModelConfig
 from lmforge.model.io import save_model
+from lmforge.model.transformer import Transformer
 
 
 def tiny(vocab_size):
-    return ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len=64).build()
+    return Transformer(ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len=64))
 
 
 def test_perplexity_from_the_command_line(token_data, tmp_path, capsys):

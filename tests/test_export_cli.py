@@ -10,6 +10,7 @@ from safetensors import safe_open
 from lmforge.cli import main
 from lmforge.data.tokenizer import train_bpe
 from lmforge.model import ModelConfig, from_hf, generate, save_model
+from lmforge.model.transformer import Transformer
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                       mlp_hidden=128, max_seq_len=128, init_std=0.1)
-    model = cfg.build().eval()
+    model = Transformer(cfg).eval()
     save_model(model, root / "ckpt", tokenizer)
     return root, model, tokenizer
 

@@ -6,6 +6,7 @@ import torch
 import transformers
 
 from lmforge.model import ModelConfig, generate, to_hf
+from lmforge.model.transformer import Transformer
 
 CONFIGS = {
     "mha": dict(vocab_size=300, d_model=64, n_layers=2, n_heads=4, mlp_hidden=128),
@@ -20,7 +21,7 @@ def make_model(spec: dict, seed: int, max_seq_len: int = 128):
     """Weights far from init (as in test_hf_parity), so the logits are spread and greedy is not
     decided by near-ties."""
     torch.manual_seed(seed)
-    model = ModelConfig(max_seq_len=max_seq_len, init_std=0.1, **spec).build()
+    model = Transformer(ModelConfig(max_seq_len=max_seq_len, init_std=0.1, **spec))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -8,12 +8,13 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
 from lmforge.model import ModelConfig, from_hf, to_hf
+from lmforge.model.transformer import Transformer
 
 
 @pytest.fixture
 def folder(tmp_path):
     cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, mlp_hidden=64)
-    return to_hf(cfg.build(), tmp_path / "hf")
+    return to_hf(Transformer(cfg), tmp_path / "hf")
 
 
 def edit_weights(folder, fn):
@@ -66,5 +67,5 @@ def test_not_a_model_folder(tmp_path):
 def test_export_refuses_to_clobber(folder):
     cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=4, mlp_hidden=64)
     with pytest.raises(LmforgeError, match=r"already exists and is not empty"):
-        to_hf(cfg.build(), folder)
+        to_hf(Transformer(cfg), folder)
     assert from_hf(folder).cfg.n_layers == 2  # the existing export is untouched

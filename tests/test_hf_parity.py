@@ -5,6 +5,7 @@ import torch
 import transformers
 
 from lmforge.model import ModelConfig, from_hf, generate, lm_loss, to_hf
+from lmforge.model.transformer import Transformer
 
 # MHA and GQA/MQA, tied and untied, vocabularies that need padding and one that does not.
 CONFIGS = {
@@ -20,7 +21,7 @@ ATOL = 1e-5
 def make_model(spec: dict, seed: int):
     """A model whose weights are far from init, so mismatched math cannot hide in tiny logits."""
     torch.manual_seed(seed)
-    model = ModelConfig(max_seq_len=512, init_std=0.08, **spec).build()
+    model = Transformer(ModelConfig(max_seq_len=512, init_std=0.08, **spec))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lmforge.model.transformer import Transformer
 
 from conftest import lm_eval_task_yaml
 
@@ -39,7 +40,7 @@ def tiny(tmp_path_factory):
     tok = train_bpe([ROOT / "data" / "demo" / "train.jsonl.gz"], vocab_size=1024, show_progress=False)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, mlp_hidden=128, max_seq_len=256)
-    model = cfg.build()
+    model = Transformer(cfg)
     root = tmp_path_factory.mktemp("lm_eval_model")
     save_model(model, root / "ckpt", tok)
     to_hf(model, root / "hf", tok)

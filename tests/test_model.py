@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmforge.model import ModelConfig, flops_per_token, lm_loss, model_size
 from lmforge.model.transformer import RMSNorm
+from lmforge.model.transformer import Transformer
 
 
 @pytest.mark.parametrize(
@@ -23,13 +24,13 @@ def test_presets_match_published_olmo2_sizes(preset, published_billions, digits)
 
 
 def test_meta_build_allocates_nothing():
-    model = ModelConfig.preset("olmo2-13b").build(device="meta")
+    model = Transformer(ModelConfig.preset("olmo2-13b"), device="meta")
     assert all(p.is_meta for p in model.parameters())
 
 
 def test_vocab_padding_and_gqa_shapes():
     cfg = ModelConfig(vocab_size=300, d_model=64, n_layers=1, n_heads=8, n_kv_heads=2, mlp_hidden=96)
-    model = cfg.build()
+    model = Transformer(cfg)
     assert model.embed.weight.shape == (384, 64)
     assert model.blocks[0].attn.wk.weight.shape == (2 * 8, 64)
     assert model.blocks[0].attn.k_norm.weight.shape == (16,)  # QK-norm over the whole k projection
@@ -39,7 +40,7 @@ def test_vocab_padding_and_gqa_shapes():
 def test_flops_per_token_matches_pytorch_flop_counter():
     """6N + 12·L·D·T against torch's own count of a real forward+backward."""
     cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=3, n_heads=4, mlp_hidden=160)
-    model = cfg.build()
+    model = Transformer(cfg)
     B, T = 2, 64
     ids = torch.randint(0, 512, (B, T))
     # The math backend runs attention as visible matmuls, which the counter can see.
@@ -54,7 +55,7 @@ def test_flops_per_token_matches_pytorch_flop_counter():
 def test_init_is_truncated_normal_and_norms_are_one():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=1024, d_model=128, n_layers=2, n_heads=4, mlp_hidden=256)
-    model = cfg.build()
+    model = Transformer(cfg)
     for name, p in model.named_parameters():
         if "norm" in name:
             assert torch.all(p == 1), name
@@ -67,8 +68,8 @@ def test_meta_then_materialise_equals_direct_build():
     """The FSDP path (build on meta, to_empty, init_weights) gives the same model."""
     cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, mlp_hidden=96)
     torch.manual_seed(7)
-    direct = cfg.build()
-    lazy = cfg.build(device="meta").to_empty(device="cpu")
+    direct = Transformer(cfg)
+    lazy = Transformer(cfg, device="meta").to_empty(device="cpu")
     torch.manual_seed(7)
     lazy.init_weights()
     ids = torch.randint(0, 256, (1, 9))

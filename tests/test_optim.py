@@ -10,13 +10,14 @@ from lmforge.model import ModelConfig
 from lmforge.train.config import OptimConfig, RunConfig
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.trainer import Trainer
+from lmforge.model.transformer import Transformer
 
 
 @pytest.mark.parametrize("decay_embeddings", [False, True])
 def test_weight_decay_spares_embeddings_and_norms(decay_embeddings):
     """With zero gradients AdamW only decays: what moved is exactly what is decayed."""
     model_cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=4, mlp_hidden=64)
-    model = model_cfg.build()
+    model = Transformer(model_cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=0.5, embedding_weight_decay=decay_embeddings),
                           model_cfg)
@@ -38,7 +39,7 @@ def test_mup_groups_scale_hidden_lr_and_keep_lr_times_decay():
 
     model_cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=1, n_heads=4, mlp_hidden=128,
                             parametrization="mup", mup_base_d_model=16)
-    opt = build_optimizer(model_cfg.build(), OptimConfig(lr=0.1, weight_decay=0.5), model_cfg)
+    opt = build_optimizer(Transformer(model_cfg), OptimConfig(lr=0.1, weight_decay=0.5), model_cfg)
     set_lr(opt, 0.2)
     groups = {g["name"]: g for g in opt.param_groups}
     assert sorted(groups) == ["embedding", "head", "hidden", "norm"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.model.transformer import Transformer
 
 SEQ_LEN = 24
 
@@ -43,7 +44,7 @@ def ppl_data(tmp_path_factory):
         folders.append(root / path.stem)
     torch.manual_seed(3)
     cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, mlp_hidden=64, max_seq_len=64)
-    return folders, tok, cfg.build()
+    return folders, tok, Transformer(cfg)
 
 
 def _all_tokens(folders) -> np.ndarray:

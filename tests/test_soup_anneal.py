@@ -81,11 +81,12 @@ def test_init_from_starts_at_the_checkpoints_weights(pretrained, token_data, tmp
 
 def test_init_from_errors(pretrained, token_data, tmp_path):
     missing = config(token_data, tmp_path / "a", init_from=str(tmp_path / "nowhere"))
-    with pytest.raises(LmforgeError, match=r"^trainer.init_from: .*nowhere is not a checkpoint \(model.yaml is missing\)"):
+    with pytest.raises(LmforgeError, match=r"^trainer.init_from: .*nowhere does not exist$"):
         Trainer(RunConfig.from_dict(missing)).fit()
     wide = config(token_data, tmp_path / "b", init_from=str(pretrained / "step-8"))
     wide["model"]["d_model"] = 128
-    with pytest.raises(LmforgeError, match=r"holds a model of another shape \(d_model: 64 vs 128"):
+    with pytest.raises(LmforgeError, match=r"holds a model of another shape \(d_model: 64 vs 128: checkpoint vs "
+                                           r"config\); give this run its shape \(--model.d_model=64\)"):
         Trainer(RunConfig.from_dict(wide)).fit()
 
 
@@ -101,7 +102,7 @@ def test_cli_soup_and_init_from(pretrained, token_data, tmp_path, capsys):
     config_path.write_text(yaml.safe_dump(config(token_data, tmp_path / "run", keep_steps=[], max_steps=1)))
     assert main(["train", str(config_path), "--init-from", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "trainer.init_from:" in err and "is not a checkpoint" in err
+    assert err.count("\n") == 1 and "trainer.init_from:" in err and "does not exist" in err
     assert main(["train", str(config_path), "--init-from", str(tmp_path / "s"), "--trainer.max_steps=1"]) == 0
 
 

@@ -20,6 +20,7 @@ from lmforge.analysis.undertrained import (
 )
 from lmforge.errors import LmforgeError
 from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
 
 from conftest import WORDS
 
@@ -78,8 +79,8 @@ def test_unembedding_scores_find_a_planted_cluster_behind_a_nuisance_pc():
 
 def tiny_model(vocab_size, **overrides):
     torch.manual_seed(0)
-    return ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
-                       **overrides).build()
+    return Transformer(ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64,
+                       **overrides))
 
 
 def test_report_files_and_default_reference(token_data, tmp_path):

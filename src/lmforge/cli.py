@@ -30,9 +30,30 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     model = load_model(args.checkpoint)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else load_model_tokenizer(args.checkpoint)
-    out = to_hf(model, args.out_dir, tokenizer, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    out = to_hf(model, args.out_dir, tokenizer, dtype=dtype, overwrite=args.overwrite)
     note = "" if tokenizer else " (no tokenizer: pass --tokenizer to include one)"
-    print(f"wrote {out} (Olmo2ForCausalLM, {args.dtype}){note}")
+    stored = str(dtype or model.embed.weight.dtype).removeprefix("torch.")
+    print(f"wrote {out} (Olmo2ForCausalLM, {stored}){note}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    import torch
+    import yaml
+
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.hf import import_hf
+    from lmforge.model.io import CONFIG_FILE, load_model_tokenizer
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    out = import_hf(args.hf_folder, args.out_dir, dtype=dtype, overwrite=args.overwrite)
+    cfg = ModelConfig.from_dict(yaml.safe_load((out / CONFIG_FILE).read_text()))
+    tokenizer = load_model_tokenizer(out)
+    shape = (f"d_model {cfg.d_model}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.kv_heads} kv), "
+             f"mlp {cfg.mlp_hidden}, vocab {cfg.vocab_size:,}")
+    note = f"tokenizer {tokenizer.vocab_size:,} ids" if tokenizer else "no tokenizer (the folder has no tokenizer.json)"
+    print(f"wrote {out}: {shape}; {note}")
+    print(f"continue pretraining it: lmforge train CONFIG --init-from {out}  (or --init-from {args.hf_folder})")
 
 
 def cmd_consolidate(args: argparse.Namespace) -> None:
@@ -84,16 +105,28 @@ def cmd_get_tokenizer(args: argparse.Namespace) -> None:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> None:
+    from lmforge.data.split import ValidationSplit
     from lmforge.data.tokenize import tokenize
 
+    names = ("--validation", "--validation-docs")
+    if args.validation_seed is not None and args.validation is None and args.validation_docs is None:
+        raise LmforgeError("--validation-seed: it seeds a split; add --validation FRACTION or --validation-docs N")
+    split = ValidationSplit.of(args.validation, args.validation_docs, args.validation_seed or 0, names=names)
     meta = tokenize(
-        args.inputs, args.tokenizer, args.out, workers=args.workers, overwrite=args.overwrite, strict=args.strict
+        args.inputs, args.tokenizer, args.out, workers=args.workers, overwrite=args.overwrite, strict=args.strict,
+        validation=split,
     )
-    mb = meta["text_bytes"] / 1e6
-    print(
-        f"wrote {args.out}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens ({meta['dtype']}), "
-        f"{mb:.1f} MB of text in {meta['seconds']:.1f}s ({mb / max(meta['seconds'], 1e-9):.1f} MB/s)"
+    run = meta["train"] if split is not None else meta  # with a split both sides carry the run's numbers
+    mb = run["text_bytes"] / 1e6
+    speed = f"{mb:.1f} MB of text in {run['seconds']:.1f}s ({mb / max(run['seconds'], 1e-9):.1f} MB/s)"
+    if split is None:
+        print(f"wrote {args.out}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens ({meta['dtype']}), "
+              f"{speed}")  # fmt: skip
+        return
+    sides = " and ".join(
+        f"{Path(args.out) / side} ({m['num_documents']:,} documents, {m['num_tokens']:,} tokens)" for side, m in meta.items()
     )
+    print(f"wrote {sides} ({run['dtype']}), {speed}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -127,14 +160,14 @@ def cmd_inspect_batch(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze_undertrained(args: argparse.Namespace) -> None:
-    from lmforge.analysis.undertrained import undertrained_from_checkpoint, write_report
+    from lmforge.analysis.undertrained import format_summary, undertrained_from_checkpoint, write_report
 
     result = undertrained_from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, count_tokens=args.count_tokens,
                                           percentile=args.percentile, threshold=args.threshold,
                                           verify=not args.no_verify, max_verify=args.max_verify)
     json_path, md_path = write_report(result, args.out or args.checkpoint)
-    print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}")
+    print(format_summary(result, top=args.top))
+    print(f"wrote {json_path} and {md_path} (every candidate)")
 
 
 def cmd_soup(args: argparse.Namespace) -> None:
@@ -145,25 +178,28 @@ def cmd_soup(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze_spikes(args: argparse.Namespace) -> None:
-    from lmforge.analysis.spikes import plot_spikes, spike_report
+    from lmforge.analysis.spikes import headline, plot_spikes, rules_line, spike_reason, spike_report
 
     report = spike_report(args.run, top=args.top)
     if args.json:
         print(json.dumps(report, indent=1))
         return
-    spikes = report["spikes"]
-    print(f"{len(spikes)} spike(s) in {args.run}")
-    for spike in spikes:
-        what = ", ".join(f"{k} {v['value']:.4g} > {v['threshold']:.4g} (mean {v['mean']:.4g}, σ {v['std']:.3g})"
-                         for k, v in spike["spiked"].items())
+    print(headline(report, args.run))
+    if (line := rules_line(report)) is not None:
+        print(f"  {line}")
+    for spike in report["spikes"] or []:
+        what = ", ".join(f"{k} {spike_reason(v)}" for k, v in spike["spiked"].items())
         print(f"  step {spike['step']}: {what}{' — skipped' if spike['skipped'] else ''}")
+    if report["judged_by"] == "offline" and report["spikes"]:
+        print(f"  (judged offline: no documents; `lmforge inspect-batch {args.run} --step N` shows a step's batch)")
     if report["documents"]:
         print("documents with the most loss in spiking batches:")
         print(f"  {'id':<40} {'source':<14} {'tokens':>7} {'loss sum':>10} {'mean loss':>9}  spikes")
         for d in report["documents"]:
             print(f"  {d['id']:<40} {d['source']:<14} {d['tokens']:>7} {d['loss_sum']:>10.1f} {d['mean_loss']:>9.3f}"
                   f"  {','.join(map(str, d['spikes']))}")
-    print(f"wrote {plot_spikes(args.run, spikes, args.out)}")
+    print(f"wrote {plot_spikes(args.run, report['spikes'], args.out, stretches=report['stretches'])}")
+
 
 
 def cmd_analyze_coord_check(args: argparse.Namespace) -> None:
@@ -289,7 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder: a training checkpoint (sharded) or model.safetensors + model.yaml")
     p.add_argument("out_dir", help="folder to create")
     p.add_argument("--tokenizer", help="tokenizer.json, folder or known name (default: the checkpoint's own)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the exported weights")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+
+    p = add("import", cmd_import, "Import a transformers OLMo 2 folder as an lmforge checkpoint (to continue "
+            "pretraining it: lmforge train … --init-from OUT).")
+    p.add_argument("hf_folder", help="transformers folder: config.json, model.safetensors (or shards), tokenizer")
+    p.add_argument("out_dir", help="folder to create: model.safetensors + model.yaml + tokenizer + source.json")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="cast the weights (default: as stored)")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
 
     p = add("eval", cmd_eval, "Score OLMES tasks (rank classification, as OLMES and lm-eval) on a model.")
@@ -320,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "Train (or resume) the run a YAML config describes (under torchrun: every rank).")
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="--section.field=value overrides")
-    p.add_argument("--init-from", help="start from this checkpoint's weights (trainer.init_from), e.g. for an anneal")
+    p.add_argument("--init-from", help="start from the weights of this checkpoint or transformers OLMo 2 folder "
+                   "(trainer.init_from), e.g. for an anneal or to continue pretraining a released model")
     p.add_argument("--init-optimizer", action="store_true", help="with --init-from: also its optimizer state")
 
     p = add("soup", cmd_soup, "Average checkpoints of one model into one (a model soup).")
@@ -339,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="analyze_command", required=True
     )
     p = add("spikes", cmd_analyze_spikes, "Loss/grad-norm spikes of a run, the documents behind them, a PNG.", analyze)
-    p.add_argument("run", help="run directory (trained with spikes.enabled)")
+    p.add_argument("run", help="run directory (without spikes.enabled it is judged from metrics.jsonl if that has every step)")
     p.add_argument("--top", type=int, default=10, help="documents to list")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", help="PNG path (default RUN/spikes.png)")
@@ -353,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.01, help="verified when the repeat probability is below this")
     p.add_argument("--max-verify", type=int, default=500, help="candidates to verify by prompting")
     p.add_argument("--no-verify", action="store_true", help="indicators only")
+    p.add_argument("--top", type=int, default=20, help="candidates to print (the files hold all of them)")
     p.add_argument("--out", help="folder for undertrained.json and undertrained.md (default: the checkpoint)")
     p = add("coord-check", cmd_analyze_coord_check,
             "µP coordinate check: train a config at several widths a few steps; activation sizes per width.", analyze)
@@ -414,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first bad line or unreadable file (default: skip them, listed in OUT/rejects.jsonl)")
+    p.add_argument("--validation", type=float, metavar="FRACTION",
+                   help="hold out this fraction of documents (by a seeded hash of each id): writes OUT/train and OUT/val")
+    p.add_argument("--validation-docs", type=int, metavar="N",
+                   help="hold out exactly N documents (the N smallest seeded id hashes): writes OUT/train and OUT/val")
+    p.add_argument("--validation-seed", type=int, default=None, metavar="SEED",
+                   help="seed of the split's id hash (default 0)")
 
     p = add("curate", cmd_curate, "Filter, deduplicate and decontaminate documents (a pipeline YAML).", data)
     p.add_argument("pipeline", nargs="?", help="pipeline YAML (input, output, steps)")

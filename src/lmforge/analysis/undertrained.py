@@ -391,18 +391,29 @@ def undertrained_from_checkpoint(
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """`undertrained.json` (the result as is) and `undertrained.md` (a table) in `out_dir`."""
+    """`undertrained.json` (the result as is) and `undertrained.md` (every candidate) in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "undertrained.json", out_dir / "undertrained.md"
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    md_path.write_text("\n".join(["# Under-trained tokens", "", *_summary_lines(result), "",
+                                   *_table_lines(result["candidates"])]) + "\n")
+    return json_path, md_path
 
-    m, s, rows = result["method"], result["summary"], result["candidates"]
-    has_norm = any("embedding_norm" in r for r in rows)
-    has_count = any("count" in r for r in rows)
-    lines = [
-        "# Under-trained tokens",
-        "",
+
+def format_summary(result: dict[str, Any], top: int = 20) -> str:
+    """What the console shows: the summary and the `top` highest-ranked candidates (a large
+    vocabulary has thousands; the files hold them all)."""
+    rows = result["candidates"]
+    lines = [*_summary_lines(result), "", *_table_lines(rows[:top])]
+    if len(rows) > top:
+        lines.append(f"... {len(rows) - top:,} more candidates in undertrained.md / undertrained.json")
+    return "\n".join(lines)
+
+
+def _summary_lines(result: dict[str, Any]) -> list[str]:
+    m, s = result["method"], result["summary"]
+    return [
         f"Method: {m['name']}; indicator `{m['indicator']}`, top {m['percentile']}% of {s['vocab_size']} ids; "
         f"reference: {m['reference_count']} tokens ({m['reference']}); verified when the repeat probability "
         f"is below {m['threshold']:g} in all {m['prompts']} prompts.",
@@ -410,15 +421,19 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
         f"{s['candidates']} candidates, {s['verified_candidates']} verified by prompting, "
         f"**{s['verified_undertrained']} under-trained** "
         f"({s['verified_undertrained_non_reference']} outside the reference set).",
-        "",
     ]
+
+
+def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    has_norm = any("embedding_norm" in r for r in rows)
+    has_count = any("count" in r for r in rows)
     header = ["rank", "id", "token", "text", "unembedding cos"]
     if has_norm:
         header += ["embedding norm"]
     if has_count:
         header += ["count"]
     header += ["repeat prob (max)", "verified"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [str(r["rank"]), str(r["id"]), f"`{_md(r['token'])}`", f"`{_md(r['text'])}`",
                  f"{r['unembedding_cosine']:.3f}"]
@@ -431,8 +446,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
         v = r["verified"]
         cells.append("" if v is None else ("yes" if v else "no") + (" (ref)" if r["reference"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return json_path, md_path
+    return lines
 
 
 def _md(s: str) -> str:

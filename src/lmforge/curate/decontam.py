@@ -82,19 +82,19 @@ import numpy as np
 import xxhash
 
 from lmforge.config import Config, require
+from lmforge.curate.steps import CurateDocument, DocumentStep, Verdict, register_step
+from lmforge.errors import ConfigError
 from lmforge.eval.tasks import (  # noqa: F401  (fetch_olmes, DEFAULT_TASKS: part of this module's API)
     DEFAULT_TASKS,
     OLMES_REQUIREMENT,
     Pair,
-    file_lock,
     check_task,
     fetch_olmes,
+    file_lock,
     file_pairs,
     olmes_cache,
     olmes_pairs,
-    parse_task,
 )
-from lmforge.curate.steps import CurateDocument, DocumentStep, Verdict, register_step
 from lmforge.fsutil import atomic_write
 
 # -- n-grams -----------------------------------------------------------------------------------
@@ -173,14 +173,22 @@ class DecontaminateConfig(Config):
         )
         require(bool(self.variant), "variant", "must not be empty")
         require(bool(self.tasks or self.eval_files), "tasks", "no evaluation data: list tasks and/or eval_files")
+        problems = []  # every one at once, not one per run
         for i, spec in enumerate(self.tasks):
-            check_task(spec, self.variant, f"tasks[{i}]")
-        for i, path in enumerate(self.eval_files):
-            require(Path(path).is_file(), f"eval_files[{i}]", f"file {path} not found")
+            try:
+                check_task(spec, self.variant, f"tasks[{i}]")
+            except ConfigError as e:
+                problems.append(str(e))
+        problems += [f"eval_files[{i}]: file {path} not found" for i, path in enumerate(self.eval_files)
+                     if not Path(path).is_file()]
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        if problems:
+            raise ConfigError(f"{len(problems)} problems: " + "; ".join(problems))
 
     def sources(self) -> list[tuple[str, str]]:
-        """(task, variant) of each entry of `tasks`."""
-        return [parse_task(spec, self.variant) for spec in self.tasks]
+        """(task, variant) of each entry of `tasks` (a task without `variant` reads its own)."""
+        return [check_task(spec, self.variant, f"tasks[{i}]") for i, spec in enumerate(self.tasks)]
 
 
 @register_step("decontaminate")

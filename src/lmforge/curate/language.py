@@ -18,7 +18,9 @@ document):
   document's listed language need not be its top one.
 
 Per document the step records `language` (the top label, e.g. "en") and `language_score` (its
-score); a removed document's reason is `language:<top label>` (`language:fr`).
+score); a removed document's reason names the rule it failed, `language:en<=0.65` (no listed
+language scored above the threshold; `language:any<=0.65` with `languages` empty), while its
+`language` attribute says what it was.
 
 Needs the fastText binding: `pip install 'lmforge[langid]'` (`fasttext-numpy2-wheel`).
 """
@@ -118,6 +120,8 @@ class LanguageID(DocumentStep[LanguageConfig]):
         super().__init__(config, label=label)
         self._model: Any = None
         self._wanted = frozenset(LABEL_PREFIX + lang for lang in config.languages)
+        # The rule, not the document's language: "language:en" read as "English was removed".
+        self._reason = f"language:{','.join(config.languages) or 'any'}<={config.threshold:g}"
 
     def model_path(self) -> Path:
         c = self.config
@@ -151,4 +155,4 @@ class LanguageID(DocumentStep[LanguageConfig]):
         top = top.removeprefix(LABEL_PREFIX)
         if kept:
             return Verdict.keep(language=top, language_score=top_score)
-        return Verdict.remove(f"language:{top}", language=top, language_score=top_score)
+        return Verdict.remove(self._reason, language=top, language_score=top_score)

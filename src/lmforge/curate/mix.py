@@ -15,6 +15,9 @@ Config (`MixConfig`)::
     seed: 0
     tokenizer: null               # null: whitespace-separated words; else e.g. "olmo2" or a path
     strict: false                 # true: stop at the first bad line or unreadable file
+    validation: null              # e.g. 0.01: hold out 1 % of the documents into output/val/
+    validation_docs: null         # or exactly N documents
+    validation_seed: 0
 
 Semantics
 ---------
@@ -51,6 +54,16 @@ Semantics
   ``output/rejects.jsonl`` ({file, line, reason}); a file that cannot be read on (not gzip,
   truncated) is one row with line null after its documents before the damage, and one warning
   line. Positions count only the documents kept. ``strict: true`` stops at the first instead.
+* **Held-out split.** With ``validation`` (a fraction) or ``validation_docs`` (a count), the
+  documents the mix selected are split by ``lmforge.data.split`` (the rule of ``data tokenize
+  --validation``: a seeded hash of each document's *original* id; a count takes the N smallest,
+  equal keys by global document index) and each output row goes, in output order, to the side of
+  its document: ``output/train/mix-NNNNN.jsonl.gz`` and ``output/val/mix-NNNNN.jsonl.gz`` instead
+  of ``output/mix-*``. Every copy of a document, and every document with its id, is on one side;
+  the two sides together are exactly the rows the mix writes without a split, in the same order,
+  so the val side keeps the mix's proportions and repeats (a count is of distinct documents, its
+  rows include their copies). ``mix.json`` gains ``validation`` (the options; per side rows,
+  documents, tokens, shards, per-source proportions); shard names there carry the side.
 * **Report.** ``output/mix.json``: per source documents/tokens available, target, selected,
   achieved proportion, repeat factor (selected / available tokens), whole copies; totals; shards
   (documents, uncompressed and compressed bytes); the config. A table is printed too.
@@ -91,10 +104,11 @@ from pathlib import Path
 
 from lmforge.curate.mix_config import PROPORTION_TOLERANCE, MixConfig, MixSource
 from lmforge.curate.mix_read import count_sources
-from lmforge.curate.mix_report import build_report, format_table
-from lmforge.curate.mix_select import output_order, select_documents, token_targets
+from lmforge.curate.mix_report import build_report, format_table, validation_report
+from lmforge.curate.mix_select import held_out_rows, output_order, select_documents, token_targets
 from lmforge.curate.mix_write import SHARD_NAME, RollingShardWriter, write_output
 from lmforge.data.documents import BadInput, expand_paths
+from lmforge.data.split import SIDES, VAL
 from lmforge.data.tokenizer import TokenCounter
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import staged_folder
@@ -153,10 +167,15 @@ def mix(config: MixConfig, *, progress: bool = True) -> dict:
     total, targets = token_targets(config, indexes)
     selections = [select_documents(ix, t) for ix, t in zip(indexes, targets)]
     out_doc, out_rep = output_order(indexes, selections)
+    split = config.split
+    held = held_out_rows(indexes, out_doc, split) if split is not None else None
 
     with staged_folder(config.output) as stage:
-        shards = write_output(config, indexes, out_doc, out_rep, stage, progress)
+        shards = write_output(config, indexes, out_doc, out_rep, stage, progress, held)
         report = build_report(config, indexes, selections, total, counter.describe(), shards)
+        if split is not None:
+            assert held is not None
+            report["validation"] = validation_report(split, indexes, out_doc, held, shards)
         skipped_files = sum(r.line is None for r in rejects)
         report["rejected_lines"], report["skipped_files"] = len(rejects) - skipped_files, skipped_files
         if rejects:
@@ -164,6 +183,11 @@ def mix(config: MixConfig, *, progress: bool = True) -> dict:
                 f.writelines(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rejects)
         (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report), file=sys.stdout)
+    if split is not None:
+        for side in SIDES:
+            if not report["validation"][side]["rows"]:
+                log.warning(f"{config.output / side} has no documents; "
+                            + ("hold out more (validation / validation_docs)" if side == VAL else "hold out fewer"))  # fmt: skip
     if rejects:
         files_, lines_ = _plural(skipped_files, "file"), _plural(len(rejects) - skipped_files, "line")
         log.warning(f"skipped {files_} and {lines_}; see {config.output / REJECTS_FILE}")

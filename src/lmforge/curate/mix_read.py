@@ -26,6 +26,7 @@ from lmforge.data.documents import (
     parse_document,
     text_document,
 )
+from lmforge.data.split import split_key
 from lmforge.data.tokenizer import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def count_sources(
     """Count every source's documents. Bad lines and unreadable files are appended to `rejects`
     (None, i.e. `strict`: they raise BadInput)."""
     key = seed_key(config.seed)
+    split = config.split
     total_bytes = sum(f.stat().st_size for fs in files for f in fs)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="mix: count", disable=not progress)
     indexes: list[SourceIndex] = []
@@ -118,6 +120,7 @@ def count_sources(
     try:
         for source, source_files in zip(config.sources, files):
             tokens, est, hashes, file_docs, file_skips = array("q"), array("q"), array("Q"), [], []
+            keys = array("Q")  # split keys, with a held-out split
             texts: list[str] = []
             for path in source_files:
                 n_before = len(hashes)
@@ -135,6 +138,8 @@ def count_sources(
                         rejects.append(e)
                         continue
                     hashes.append(doc_hash(key, source.name, doc.id, len(hashes)))
+                    if split is not None:
+                        keys.append(split_key(doc.id, split.seed))
                     est.append(len(payload) + 1)
                     texts.append(doc.text)
                     if len(texts) >= _BATCH:
@@ -156,6 +161,7 @@ def count_sources(
                 est_bytes=np.frombuffer(est, dtype=np.int64).copy() if est else np.zeros(0, np.int64),
                 hashes=np.frombuffer(hashes, dtype=np.uint64).copy() if hashes else np.zeros(0, np.uint64),
                 offset=offset,
+                split_keys=np.array(keys, dtype=np.uint64) if split is not None else None,
             )
             offset += index.n_docs
             indexes.append(index)

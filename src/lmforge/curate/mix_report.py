@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from lmforge.curate.mix_config import MixConfig
 from lmforge.curate.mix_select import Selection, SourceIndex
+from lmforge.data.split import SIDES, ValidationSplit
 
 
 def build_report(
@@ -56,6 +59,29 @@ def build_report(
     }
 
 
+def validation_report(
+    split: ValidationSplit, indexes: list[SourceIndex], out_doc: np.ndarray, held_out: np.ndarray,
+    shards: list[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """mix.json's `validation`: the options, and per side its rows (copies included), distinct
+    documents, tokens, shards and each source's share of its tokens."""
+    tokens = np.concatenate([ix.tokens for ix in indexes])[out_doc]
+    source = np.concatenate([np.full(ix.n_docs, i) for i, ix in enumerate(indexes)])[out_doc]
+    report = split.describe()
+    for side, rows in zip(SIDES, (~held_out, held_out)):
+        total = int(tokens[rows].sum())
+        per_source = [int(tokens[rows & (source == i)].sum()) for i in range(len(indexes))]
+        shares = {ix.name: n / total if total else 0.0 for ix, n in zip(indexes, per_source)}
+        report[side] = {
+            "rows": int(rows.sum()),
+            "documents": len(np.unique(out_doc[rows])),
+            "tokens": total,
+            "shards": sum(s["name"].startswith(f"{side}/") for s in shards),
+            "proportions": shares,
+        }
+    return report
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The report's per-source numbers as a small fixed-width table."""
     header = ("source", "available", "target", "selected", "achieved %", "repeats")
@@ -81,4 +107,8 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     unit = report["counting"]["unit"]
     lines.append(f"{t['selected_documents']:,} documents, {t['shards']} shard(s), counted in {unit}")
+    if "validation" in report:
+        sides = (f"{side}/: {v['documents']:,} documents ({v['rows']:,} rows, {v['tokens']:,} {unit})"
+                 for side, v in ((s, report["validation"][s]) for s in SIDES))  # fmt: skip
+        lines.append("held out by id: " + "; ".join(sides))
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lmforge.curate.mix_config import MixConfig
+from lmforge.data.split import ValidationSplit
 from lmforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class SourceIndex:
     hashes: np.ndarray  # uint64, per document: the selection key
     offset: int = 0  # global index of its first document
     file_skips: list[frozenset[int]] = field(default_factory=list)  # per file: rejected line numbers
+    split_keys: np.ndarray | None = None  # uint64, per document: `split.split_key` of its id (with a split)
 
     @property
     def n_docs(self) -> int:
@@ -146,3 +148,18 @@ def output_order(indexes: list[SourceIndex], selections: list[Selection]) -> tup
     key = mix64(hashes[doc] ^ mix64(rep.astype(np.uint64)))
     order = np.lexsort((rep, doc, key))  # by key; ties (never in practice) by document, copy
     return doc[order], rep[order]
+
+
+# -- held-out split -------------------------------------------------------------------------------
+
+
+def held_out_rows(indexes: list[SourceIndex], out_doc: np.ndarray, split: ValidationSplit) -> np.ndarray:
+    """True for each output row whose document is held out. The split is over the documents the
+    mix selected (each once, whatever its copies), by their ids' split keys; equal keys of a count
+    are ordered by global document index. Every copy of a document shares its side."""
+    keys = np.concatenate([ix.split_keys for ix in indexes if ix.split_keys is not None])
+    assert len(keys) == sum(ix.n_docs for ix in indexes), "count_sources did not take split keys"
+    selected = np.unique(out_doc)  # global document indices, ascending
+    held = np.zeros(len(keys), dtype=bool)
+    held[selected[split.mask(keys[selected])]] = True
+    return held[out_doc]

@@ -19,6 +19,7 @@ from lmforge.curate.mix_read import iter_records, parse_record
 from lmforge.curate.mix_select import SourceIndex, doc_hash, seed_key
 from lmforge.curate.shards import ShardWriter
 from lmforge.data.documents import Document
+from lmforge.data.split import SIDES
 from lmforge.errors import LmforgeError
 
 SHARD_NAME = "mix-{:05d}.jsonl.gz"
@@ -81,8 +82,9 @@ class RollingShardWriter:
     """Rows into consecutive shards of about `limit` bytes; each shard is a deterministic gzip
     written under a temp name and renamed when closed (`curate.shards.ShardWriter`)."""
 
-    def __init__(self, folder: Path, limit: int):
+    def __init__(self, folder: Path, limit: int, label: str = ""):
         self.folder, self.limit = folder, limit
+        self.label = label  # prefixed to shard names in the report ("val/" for a held-out side)
         self.shards: list[dict[str, Any]] = []
         self._out: ShardWriter | None = None
         self._bytes = 0
@@ -101,7 +103,7 @@ class RollingShardWriter:
             return
         out, self._out = self._out, None
         out.commit()
-        self.shards.append({"name": out.path.name, "documents": out.rows, "bytes": self._bytes,
+        self.shards.append({"name": self.label + out.path.name, "documents": out.rows, "bytes": self._bytes,
                             "compressed_bytes": out.path.stat().st_size})  # fmt: skip
 
     def abort(self) -> None:
@@ -173,9 +175,13 @@ def write_output(
     out_rep: np.ndarray,
     stage: Path,
     progress: bool,
+    held_out: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Gather the rows of (`out_doc`, `out_rep`) into buckets inside `stage`, then write them in that
-    order as shards there. Returns one {name, documents, bytes, compressed_bytes} per shard."""
+    order as shards there. Returns one {name, documents, bytes, compressed_bytes} per shard.
+
+    With `held_out` (per output row) the rows are written, still in that order, as shards of
+    `stage/train/` and, where it is True, of `stage/val/` (names in the report: `train/mix-…`)."""
     est = np.concatenate([ix.est_bytes for ix in indexes])[out_doc] if len(out_doc) else np.zeros(0, np.int64)
     starts = np.cumsum(est) - est
     bucket_of = starts // config.shard_bytes  # slices of ≈ shard_size_mb of (estimated) rows
@@ -183,7 +189,14 @@ def write_output(
     buckets = Buckets(stage)
     gather(config, indexes, out_doc, out_rep, bucket_of, buckets, progress)
 
-    writer = RollingShardWriter(stage, config.shard_bytes)
+    if held_out is None:
+        writers = [RollingShardWriter(stage, config.shard_bytes)]
+        side_of = np.zeros(len(out_doc), dtype=np.int64)
+    else:
+        writers = [RollingShardWriter(stage / side, config.shard_bytes, f"{side}/") for side in SIDES]
+        for side in SIDES:
+            (stage / side).mkdir()  # both sides exist, even one with no rows
+        side_of = held_out.astype(np.int64)  # SIDES = (train, val)
     bar = tqdm(total=len(out_doc), unit="doc", unit_scale=True, desc="mix: write", disable=not progress)
     expected = 0
     try:
@@ -192,16 +205,18 @@ def write_output(
             for position, row in records:
                 if position != expected:
                     raise LmforgeError(f"output row {expected} was not gathered (an input changed?); rerun")
-                writer.write(row)
+                writers[side_of[position]].write(row)
                 expected += 1
             bar.update(len(records))
             buckets.path(b).unlink(missing_ok=True)
-        writer.close_shard()
+        for writer in writers:
+            writer.close_shard()
     except BaseException:
-        writer.abort()
+        for writer in writers:
+            writer.abort()
         raise
     finally:
         bar.close()
     if expected != len(out_doc):
         raise LmforgeError(f"only {expected} of {len(out_doc)} output rows were gathered (an input changed?); rerun")
-    return writer.shards
+    return [shard for writer in writers for shard in writer.shards]

@@ -12,12 +12,14 @@ the others from scratch, so a killed run resumes without duplicating output, and
 byte-for-byte the output of an uninterrupted run. Tasks of a stage run in parallel processes
 (`executor: local`) or on a Ray cluster (`executor: ray`); results never depend on either.
 
-This module validates the config, cuts its steps into stages (`stages.py`) and drives the run;
-a task is run by `task.py`: `stage_runner.py` takes each document through the stage's steps
-and `task_outputs.py` writes the task's files. Where each file lives is `layout.py`.
+The config is `config.py`'s `CurateConfig`. This module cuts the input into shards (`shards.py`)
+and the steps into stages (`stages.py`) and drives the run; a task is run by `task.py`:
+`stage_runner.py` takes each document through the stage's steps and `task_outputs.py` writes the
+task's files. Where each file lives is `layout.py`.
 
 Output folder:
-    documents/shard-NNNNN.jsonl.gz   kept documents (dolma rows), one file per input file
+    documents/shard-NNNNN.jsonl.gz   kept documents (dolma rows), one file per shard: an input file,
+                                     or a piece of one (`shard_docs`, `shard_mb`)
     attributes/shard-NNNNN.jsonl.gz  what every step measured on them, same rows in the same order
                                      ({"id", "attributes": {"<step>__<value>": [[0, len, value]]}})
     removed/shard-NNNNN.sK.jsonl.gz  removed documents with `removed_by`, `reason`, `attributes`
@@ -25,10 +27,12 @@ Output folder:
                                      a file that cannot be read at all is one row with line null)
     tokens/                          with `tokenize:`, the kept documents as training token files (the
                                      `data tokenize` format: one part per non-empty documents shard, in
-                                     shard order, byte for byte what `data tokenize documents/` writes)
+                                     shard order, byte for byte what `data tokenize documents/` writes;
+                                     with `validation:` two such folders, tokens/train and tokens/val)
     stats.json, stats.png            documents and tokens in/out per step and per source (tokens of
                                      `tokenizer` if set, else whitespace-separated words)
-    pipeline.yaml, pipeline.json     the resolved config; which input (file or byte range) each shard is
+    pipeline.yaml, pipeline.json     the resolved config; what input each shard is (file; line and
+                                     byte range where the file was counted)
 """
 
 from __future__ import annotations
@@ -40,88 +44,29 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from lmforge.config import Config, require
 from lmforge.curate import shards as io
+from lmforge.curate.config import CurateConfig, TokenizeConfig  # noqa: F401  (TokenizeConfig: part of this API)
+from lmforge.curate.executors import StageProgress, make_executor, worker_count
 from lmforge.curate.layout import Layout
 from lmforge.curate.stages import make_stages
-from lmforge.curate.steps import GlobalStep, Step, build_step
+from lmforge.curate.steps import GlobalStep
 from lmforge.curate.task import Task, run_task
-from lmforge.curate.tokens import TokenizeConfig, check_tokenize, write_tokens
-from lmforge.data.documents import expand_paths
+from lmforge.curate.tokens import check_tokenize, write_tokens
+from lmforge.data.documents import TEXT_SUFFIXES, expand_paths
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import atomic_write, file_sha256
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class CurateConfig(Config):
-    """A curation pipeline: where documents come from, the steps, where results go."""
-
-    input: list[str]
-    """Files or folders of dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst). Each file is a shard,
-    except that uncompressed files larger than `shard_mb` are cut into several."""
-    shard_mb: float | None = 256.0
-    """Largest piece of an uncompressed input file one task reads (None: whole files)."""
-    output: Path
-    steps: list[Any]
-    """In order; each `- <step name>: {options}` (see `lmforge data curate --list-steps`)."""
-    workers: int = 0
-    """Parallel processes (local) or Ray tasks in flight. 0: one per CPU core."""
-    executor: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
-    """Ray cluster to join ('auto', 'ray://host:10001'); None starts a local Ray instance. The
-    output folder must be on storage every Ray node can read and write."""
-    write_removed: bool = True
-    write_attributes: bool = True
-    tokenizer: str | None = None
-    """Count tokens in the statistics with this tokenizer (a known name such as olmo2, or a
-    tokenizer.json / folder). None: count whitespace-separated words (much cheaper)."""
-    keep_work: bool = False
-    """Keep intermediate shards and signatures after a successful run (for debugging)."""
-    tokenize: TokenizeConfig | None = None
-    """Also write the kept documents as training token files, shard by shard in the last stage's
-    tasks (resumable like them), so `lmforge train` reads the run directly: `{tokenizer: olmo2,
-    out: FOLDER}` (out defaults to OUTPUT/tokens). The result is byte for byte what
-    `lmforge data tokenize OUTPUT/documents` would write, without reading the JSONL again."""
-    strict: bool = False
-    """Stop at the first bad input line (invalid UTF-8, bad JSON, no string `text`) or unreadable
-    file (not gzip, truncated) with a one-line `file:line: reason` error. False: such lines and
-    files go to rejects/, the run goes on, and the end says how many files and lines were skipped."""
-    built_steps: list[Step] = field(init=False, repr=False, compare=False)
-    """The steps as objects, built from `steps` when the config is validated (building them is
-    how their options are checked). A run uses these same objects throughout: for its stages,
-    the step files it records, its report, and in the tasks it hands to workers."""
-
-    def validate(self) -> None:
-        require(len(self.input) > 0, "input", "name at least one file or folder")
-        require(len(self.steps) > 0, "steps", "name at least one step")
-        require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
-        if self.shard_mb is not None:
-            require(self.shard_mb > 0, "shard_mb", f"must be > 0 (or null for whole files), got {self.shard_mb}")
-        self.built_steps = [build_step(spec, f"steps[{i}]") for i, spec in enumerate(self.steps)]
-        labels = [s.label for s in self.built_steps]
-        dup = [lb for lb, n in Counter(labels).items() if n > 1]
-        require(not dup, "steps", f"step label {dup[:1]} is used twice; give one a `label: <name>` option")
-
-    def output_affecting(self) -> dict[str, Any]:
-        """The parts of the config that change what is written (not how fast)."""
-        d = self.to_dict()
-        for k in ("workers", "executor", "ray_address", "keep_work", "strict"):
-            d.pop(k)
-        return d
-
 
 # -- the whole run ---------------------------------------------------------------------------------
 
 
 def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a pipeline; returns the statistics also written to output/stats.json."""
-    from lmforge.curate.executors import make_executor
     from lmforge.curate.report import merge_stats, write_report
 
     # Absolute paths: Ray workers on other nodes do not share this process's working directory.
@@ -139,24 +84,24 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     found = expand_paths(config.input)
     if not found:
         raise LmforgeError(f"input: no document files found in {', '.join(config.input)}")
-    files = io.split_inputs(found, config.shard_mb)
     layout = Layout(config.output)
-    _claim_output(config, files, layout)
     stats_path = config.output / "stats.json"
-    if stats_path.exists():
-        if progress:
-            print(f"{config.output}: already complete (delete it to run again)")
-        return json.loads(stats_path.read_text())
-
-    run_id = uuid.uuid4().hex
     started = time.perf_counter()
-    resumed = any(layout.marker(0, i).exists() for i in range(len(files)))
     with make_executor(config) as executor:
+        files = _input_shards(config, found, executor, progress)
+        _claim_output(config, files, layout)
+        if stats_path.exists():
+            if progress:
+                print(f"{config.output}: already complete (delete it to run again)")
+            return json.loads(stats_path.read_text())
+        _warn_idle_workers(config, files)
+        run_id = uuid.uuid4().hex
+        resumed = any(layout.marker(0, i).exists() for i in range(len(files)))
         for stage in stages:
             todo = [Task(run_id, config, stage, i, f) for i, f in enumerate(files)
                     if not layout.marker(stage.index, i).exists()]  # fmt: skip
             desc = f"stage {stage.index + 1}/{len(stages)} ({stage.describe()})"
-            executor.run(run_task, todo, total=len(files), done=len(files) - len(todo), desc=desc, progress=progress)
+            executor.run(run_task, todo, _stage_progress(stage.index, desc, files, todo, layout, progress))
             if stage.collect is not None and not layout.resolve_marker(stage.index).exists():
                 _resolve(stage.collect, stage.index, len(files), layout, progress)
     if config.tokenize is not None:
@@ -188,6 +133,53 @@ def curate(config: CurateConfig, *, progress: bool = True) -> dict[str, Any]:
     return stats
 
 
+def _input_shards(config: CurateConfig, found: list[Path], executor: Any, progress: bool) -> list[io.InputShard]:
+    """The input cut into shards; the first pass over several files runs on the executor."""
+    if config.shard_docs is None and config.shard_mb is None:
+        return io.split_inputs(found, None, None)
+
+    def on_workers(fn: Callable, files: list[Path]) -> list:
+        return executor.map(fn, files, desc="input: counting lines", progress=progress)
+
+    return io.split_inputs(found, config.shard_docs, config.shard_mb, on_workers if len(found) > 1 else None)
+
+
+def _warn_idle_workers(config: CurateConfig, shards: list[io.InputShard]) -> None:
+    """One line when the run has more workers than shards (some would have nothing to do)."""
+    workers = worker_count(config)
+    if workers <= len(shards):
+        return
+    what = "Ray tasks" if config.executor == "ray" else "processes"
+    given = f"{workers} (one per core)" if not config.workers else str(workers)
+    pieces = Counter(s.path for s in shards if not s.path.endswith(io.UNCOMPRESSED_SUFFIXES))
+    capped = [p for p, n in pieces.items() if n >= io.MAX_COMPRESSED_PIECES]
+    hint = "set shard_docs or shard_mb lower, or give more files"
+    if capped:
+        hint = (f"give more files: a compressed file is cut into at most {io.MAX_COMPRESSED_PIECES} pieces "
+                f"(store {Path(capped[0]).name} as several files, or decompressed)")  # fmt: skip
+    log.warning(f"workers: {given} but the input is {_plural(len(shards), 'shard')}, so at most "
+                f"{len(shards)} {what} run; {hint}")  # fmt: skip
+
+
+def _stage_progress(stage: int, desc: str, shards: list[io.InputShard], todo: list[Task], layout: Layout,
+                    enabled: bool) -> StageProgress:  # fmt: skip
+    """The stage's bar: documents each task will read (its shard's lines in stage 0, what the
+    previous stage kept of it after) and those of shards already done."""
+    if not enabled:
+        return StageProgress(desc, {}, done_docs=0, shards=len(shards), done_shards=0, enabled=False)
+
+    def expected(i: int) -> int | None:
+        if stage > 0:
+            return json.loads(layout.marker(stage - 1, i).read_text())["written"]
+        return 1 if shards[i].path.endswith(TEXT_SUFFIXES) else shards[i].lines
+
+    todo_ids = {t.shard for t in todo}
+    done = [i for i in range(len(shards)) if i not in todo_ids]
+    done_docs = sum(json.loads(layout.marker(stage, i).read_text())["read"] for i in done)
+    return StageProgress(desc, {i: expected(i) for i in sorted(todo_ids)}, done_docs=done_docs, shards=len(shards),
+                         done_shards=len(done), enabled=True)  # fmt: skip
+
+
 def _plural(n: int, what: str) -> str:
     return f"{n:,} {what}" + ("" if n == 1 else "s")
 
@@ -197,7 +189,7 @@ def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layo
     made by a different pipeline or input (its finished shards would be mixed with new ones)."""
     config.output.mkdir(parents=True, exist_ok=True)
     side_files = {f: file_sha256(Path(f)) for step in config.built_steps for f in step.input_files()}
-    record = {"pipeline": config.output_affecting(), "shards": [str(f) for f in files], "step_files": side_files}
+    record = {"pipeline": config.output_affecting(), "shards": [f.describe() for f in files], "step_files": side_files}
     path = config.output / "pipeline.json"
     if path.exists():
         old = json.loads(path.read_text())
@@ -205,7 +197,7 @@ def _claim_output(config: CurateConfig, files: list[io.InputShard], layout: Layo
             if old.get("pipeline") != record["pipeline"]:
                 what = "pipeline"
             elif old.get("shards") != record["shards"]:
-                what = "list of input files"
+                what = "input (its files, or how they are cut into shards)"
             else:
                 changed = [f for f in side_files if old.get("step_files", {}).get(f) != side_files[f]]
                 what = f"content of {', '.join(changed) or 'a step file'}"

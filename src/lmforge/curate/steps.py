@@ -179,6 +179,10 @@ def registered_steps() -> dict[str, type[Step]]:
     return dict(_STEPS)
 
 
+PIPELINE_KEYS = ("tokenize", "tokenizer", "input", "output", "workers", "executor", "strict")
+"""Keys of the pipeline itself that a user may write as a step by mistake."""
+
+
 def build_step(spec: Any, where: str) -> Step:
     """A step from its YAML form: `{name: {field: value, ...}}` (config optional), with an
     optional `label` field to tell two steps of the same kind apart."""
@@ -188,6 +192,9 @@ def build_step(spec: Any, where: str) -> Step:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{where}: a step is written as '- <step name>: {{options}}', got {spec!r}")
     ((name, options),) = spec.items()
+    if name in PIPELINE_KEYS:
+        raise ConfigError(f"{where}: '{name}' is not a step but a top-level key of the pipeline; move "
+                          f"'{name}: {{...}}' out of steps: to the same level as input: and output:")
     if name not in steps:
         close = difflib.get_close_matches(str(name), steps, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""

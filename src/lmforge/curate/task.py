@@ -15,9 +15,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmforge.curate import shards as io
+from lmforge.curate.config import CurateConfig
+from lmforge.curate.executors import documents_read
 from lmforge.curate.layout import Layout
 from lmforge.curate.stage_runner import StageRunner
 from lmforge.curate.stages import Stage
@@ -25,9 +27,6 @@ from lmforge.curate.steps import CurateDocument
 from lmforge.curate.task_outputs import TaskOutputs
 from lmforge.curate.text import SpacyWords
 from lmforge.data.tokenizer import TokenCounter
-
-if TYPE_CHECKING:  # the pipeline imports this module: only the type is needed here
-    from lmforge.curate.pipeline import CurateConfig
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,9 @@ class Task:
     shard: int
     input: io.InputShard
 
+
+REPORT_EVERY = 100
+"""Documents between a task's reports to its stage's progress bar (`documents_read`)."""
 
 # Stages set up in this process, by (run, stage index). Each task arrives with its own unpickled
 # copy of its stage, so setting up the copy of every task would reload models per task; the
@@ -89,11 +91,14 @@ def run_task(task: Task) -> dict[str, Any]:
     try:
         for pos, doc in enumerate(_documents(task, outputs)):
             read += 1
+            if read % REPORT_EVERY == 0:
+                documents_read(REPORT_EVERY)
             outcome = runner.run(pos, doc)
             if outcome.kept:
                 outputs.keep(doc, outcome.signature)
             else:
                 outputs.remove(doc, outcome.removed_by, outcome.reason)
+        documents_read(read % REPORT_EVERY)  # before returning: the parent settles on `read`
         tokens_entry = outputs.commit()
     except BaseException:
         outputs.abort()

@@ -15,18 +15,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmforge.curate import shards as io
+from lmforge.curate.config import CurateConfig
 from lmforge.curate.layout import Layout
 from lmforge.curate.stages import Stage
 from lmforge.curate.steps import CurateDocument
 from lmforge.curate.tokens import ShardTokens
 from lmforge.data.documents import BadInput
 from lmforge.fsutil import atomic_write
-
-if TYPE_CHECKING:  # the pipeline imports this module (through task.py): only the type is needed
-    from lmforge.curate.pipeline import CurateConfig
 
 
 class TaskOutputs:

@@ -6,6 +6,11 @@ Each task writes its shard's part beside the documents file with `data tokenize`
 and part writer (`ShardTokens`), before the task's marker, so a killed run redoes only the
 shards without one. After all shards the parent assembles the token folder (`write_tokens`):
 the same bytes `lmforge data tokenize OUTPUT/documents` writes.
+
+With a held-out split (`validation: 0.01` or `validation_docs: N`) the tasks write the same
+unsplit shard parts, and the parent routes their documents into `out/train` and `out/val` with
+`data tokenize --validation`'s own router (`lmforge.data.split_tokens`): a count needs every
+document's split key, which only the parent sees; the texts are not read again.
 """
 
 from __future__ import annotations
@@ -15,39 +20,24 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from lmforge.config import Config, require
+from lmforge.curate.config import CurateConfig, TokenizeConfig
 from lmforge.curate.layout import Layout
 from lmforge.curate.steps import CurateDocument
+from lmforge.data.split import ValidationSplit
+from lmforge.data.split_tokens import SourcePart, route, warn_split, write_split_meta
 from lmforge.data.token_files import token_dtype
 from lmforge.data.tokenize import CHUNK_BYTES, PartWriter, encode_texts, id_hash, warn_duplicates, write_meta
 from lmforge.data.tokenizer import Tokenizer, load_tokenizer
 from lmforge.errors import ConfigError
 from lmforge.fsutil import staged_folder
 
-if TYPE_CHECKING:  # the pipeline imports this module: only its type is needed here
-    from lmforge.curate.pipeline import CurateConfig
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class TokenizeConfig(Config):
-    """Tokenize the kept documents as the pipeline's last step (`data tokenize`'s format)."""
-
-    tokenizer: str
-    """A known name such as olmo2, or a tokenizer.json / folder."""
-    out: Path | None = None
-    """The token folder to write. None: OUTPUT/tokens."""
-
-    def validate(self) -> None:
-        require(bool(self.tokenizer), "tokenizer", "name a tokenizer (olmo2, or a tokenizer.json / folder)")
 
 
 @lru_cache(maxsize=2)
@@ -144,6 +134,10 @@ def write_tokens(config: CurateConfig, layout: Layout, last_stage: int, n_shards
     if not any(e["num_documents"] for e in entries):
         log.warning(f"tokenize: no documents were kept; {out} not written")
         return
+    split = config.tokenize.split
+    if split is not None:
+        _write_split_tokens(config, layout, entries, split, progress)
+        return
     parts: list[dict[str, Any]] = []
     id_hashes: list[np.ndarray] = []
     with staged_folder(out) as staging:
@@ -161,15 +155,41 @@ def write_tokens(config: CurateConfig, layout: Layout, last_stage: int, n_shards
             tok,
             parts,
             np.concatenate(id_hashes),
-            seconds=sum(e["seconds"] for e in entries),
-            input_bytes=sum(e["documents_bytes"] for e in entries),
-            text_bytes=sum(e["text_bytes"] for e in entries),
-            rejected_lines=0,
-            skipped_files=0,
+            **_run_facts(entries),
         )
     warn_duplicates(out, meta, examples)
     if progress:
         print(f"tokenize: {meta['num_tokens']:,} tokens of {meta['num_documents']:,} documents in {out}")
+
+
+def _run_facts(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The meta.json numbers of the whole run, as `data tokenize` counts them on OUTPUT/documents."""
+    return {"seconds": sum(e["seconds"] for e in entries), "input_bytes": sum(e["documents_bytes"] for e in entries),
+            "text_bytes": sum(e["text_bytes"] for e in entries), "rejected_lines": 0, "skipped_files": 0}  # fmt: skip
+
+
+def _write_split_tokens(
+    config: CurateConfig, layout: Layout, entries: list[dict[str, Any]], split: ValidationSplit, progress: bool
+) -> None:
+    """`tokenize.out/train` and `/val` from the shard parts, routed as `data tokenize --validation`
+    routes its own parts (the shards in order, as it finds OUTPUT/documents' files), so both write
+    the same bytes."""
+    assert config.tokenize is not None and config.tokenize.out is not None
+    out = config.tokenize.out
+    tok = token_tokenizer(config.tokenize.tokenizer)
+    sources = []
+    for i, entry in enumerate(entries):
+        if entry["num_documents"]:
+            base = layout.token_part(i)
+            sources.append(SourcePart(base.with_name(base.name + ".npy"), base.with_name(base.name + ".csv.gz"),
+                                      entry["num_tokens"], entry["source_file"]))  # fmt: skip
+    with staged_folder(out) as staging:
+        sides = route(sources, split, staging, token_dtype(tok.vocab_size))
+        written = write_split_meta(sides, split, tok, _run_facts(entries))
+    warn_split(out, written)
+    if progress:
+        for side, (meta, _) in written.items():
+            print(f"tokenize: {meta['num_tokens']:,} tokens of {meta['num_documents']:,} documents in {out / side}")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

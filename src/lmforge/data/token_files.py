@@ -44,6 +44,36 @@ def read_span(arrays: Sequence[np.ndarray], offsets: np.ndarray, start: int, end
     return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, dtype=np.int64)
 
 
+def not_token_folder(folder: Path) -> str:
+    """Why `folder` (no meta.json) cannot be read as token files, and the folder to name instead:
+    the usual mistakes are naming the parent of a split (train/ + val/) or a curate run's output."""
+    split = [side for side in ("train", "val") if (folder / side / META_FILE).exists()]
+    if split:
+        return (f"{folder} holds a train/validation split, not token files: use {folder / 'train'} as data.train "
+                f"and set data.validation to {folder / 'val'}")  # fmt: skip
+    curated = any((folder / f).exists() for f in ("tokens", "stats.json", "pipeline.json"))
+    if (folder / "documents").is_dir() and curated:
+        tokens = folder / "tokens"
+        if (tokens / "train" / META_FILE).exists():
+            return (f"{folder} is a curate output folder, not token files: use {tokens / 'train'} as data.train and "
+                    f"set data.validation to {tokens / 'val'}")  # fmt: skip
+        if (tokens / META_FILE).exists():
+            return f"{folder} is a curate output folder, not token files: use {tokens} (its token files)"
+        return (f"{folder} is a curate output folder without token files: add `tokenize: {{tokenizer: …}}` to its "
+                f"pipeline (it writes {tokens}), or run `lmforge data tokenize {folder / 'documents'} --tokenizer T "
+                "--out TOKENS`")  # fmt: skip
+    if (folder / "mix.json").exists():
+        if (folder / "val").is_dir():  # a mix with a held-out split: keep the two sides apart
+            return (f"{folder} holds the JSONL shards of `lmforge data mix`, not token files: tokenize its sides apart "
+                    f"(`lmforge data tokenize {folder / 'train'} --tokenizer T --out TOKENS/train`, the same for "
+                    f"{folder / 'val'} into TOKENS/val)")  # fmt: skip
+        return (f"{folder} holds the JSONL shards of `lmforge data mix`, not token files: tokenize them first "
+                f"(`lmforge data tokenize {folder} --tokenizer T --out TOKENS`)")  # fmt: skip
+    if not folder.exists():
+        return f"{folder}: no such folder; name a token folder written by `lmforge data tokenize`"
+    return f"{folder}: not a tokenized folder ({META_FILE} missing; run `lmforge data tokenize`)"
+
+
 @dataclass(frozen=True)
 class DocumentSpan:
     id: str
@@ -61,9 +91,7 @@ class TokenFiles:
         self.folder = Path(folder)
         meta_path = self.folder / META_FILE
         if not meta_path.exists():
-            raise LmforgeError(
-                f"{self.folder}: not a tokenized folder ({META_FILE} missing; run `lmforge data tokenize`)"
-            )
+            raise LmforgeError(not_token_folder(self.folder))
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT:
             raise LmforgeError(f"{meta_path}: unknown format {self.meta.get('format')!r}, expected {FORMAT!r}")

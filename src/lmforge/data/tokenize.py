@@ -10,6 +10,14 @@ Bad input does not stop a run unless `strict`: a bad line (invalid UTF-8, bad JS
 kept) become rows of `rejects.jsonl` in the output folder (file, line — null for a whole file —
 and reason), counted in meta.json; workers hand them back with their chunk, so they arrive in
 input order whatever the number of workers. Duplicate document ids are counted and reported.
+
+A held-out split (`validation`: a fraction or a count, `lmforge.data.split`) writes OUT/train and
+OUT/val instead. Every document is tokenized once, into a scratch folder inside the staging
+folder, exactly as without a split; then `split_tokens.route` copies each document's ids to its
+side. Tokenizing first and routing after is what lets a count (the N smallest split keys) be
+exact without reading any text twice; a fraction goes the same way so that both give one layout.
+The input files are sorted first (by absolute path): the split's bytes do not depend on the
+order inputs are named in, on sharding of the work or on the number of workers.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +51,7 @@ from lmforge.data.documents import (
     parse_line,
     text_document,
 )
+from lmforge.data.split import SIDES, TRAIN, ValidationSplit
 from lmforge.data.token_files import FORMAT, META_FILE, token_dtype
 from lmforge.data.tokenizer import Tokenizer, load_tokenizer
 from lmforge.errors import LmforgeError
@@ -50,6 +60,9 @@ from lmforge.fsutil import staged_folder
 log = logging.getLogger(__name__)
 
 REJECTS_FILE = "rejects.jsonl"
+SPLIT_SCRATCH = ".unsplit"
+"""With a validation split: the folder inside the staging folder every document is tokenized
+into before it is routed to train/ or val/ (deleted before the output is renamed into place)."""
 
 CHUNK_BYTES = 1 << 20
 """Raw text per work item: big enough to amortise process hand-off, small enough to balance."""
@@ -250,18 +263,26 @@ def tokenize(
     overwrite: bool = False,
     progress: bool = True,
     strict: bool = True,
+    validation: ValidationSplit | None = None,
 ) -> dict:
     """Tokenize every document under `inputs` into `out_dir`; returns the written meta.json.
 
     `strict` (the default here; the CLI's is off) raises BadInput at the first bad line or
     unreadable file. Otherwise those are skipped, written to `out_dir/rejects.jsonl`, counted in
-    meta.json (`rejected_lines`, `skipped_files`) and summed up in one warning line."""
+    meta.json (`rejected_lines`, `skipped_files`) and summed up in one warning line.
+
+    With `validation`, `out_dir/train` and `out_dir/val` are written instead (each a token
+    folder with the run's rejects.jsonl) and {"train": meta, "val": meta} is returned. The input
+    files are then taken in sorted order (by absolute path), so the bytes of both sides do not
+    depend on the order the inputs are given in; without a split the order given is kept."""
     out_dir = Path(out_dir)
-    if (out_dir / META_FILE).exists() and not overwrite:
+    if _holds_tokens(out_dir) and not overwrite:
         raise LmforgeError(f"{out_dir} already holds tokenized data; choose a new folder or pass --overwrite")
     files = expand_paths(list(inputs))
     if not files:
         raise LmforgeError(f"no document files found in {', '.join(map(str, inputs))}")
+    if validation is not None:
+        files = sorted(files, key=lambda f: Path(os.path.abspath(f)))
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
     dtype = token_dtype(tok.vocab_size)
     if workers is None:
@@ -272,33 +293,81 @@ def tokenize(
 
     start_time = time.perf_counter()
     with staged_folder(out_dir) as staging:
-        parts, text_bytes, rejects, id_hashes = _run(files, tok, staging, dtype, workers, total_bytes, progress, strict)
+        # With a split every document is first tokenized into a scratch folder, then routed.
+        work = staging / SPLIT_SCRATCH if validation is not None else staging
+        work.mkdir(exist_ok=True)
+        parts, text_bytes, rejects, id_hashes = _run(files, tok, work, dtype, workers, total_bytes, progress, strict)
         num_documents = sum(p["num_documents"] for p in parts)
         skipped_files = sum(r.line is None for r in rejects)
         rejected_lines = len(rejects) - skipped_files
         if num_documents == 0:
             why = f" ({len(rejects)} bad lines or files; the first: {rejects[0]})" if rejects else ""
             raise LmforgeError(f"the corpus is empty: no documents in {', '.join(map(str, files))}{why}")
-        if rejects:
-            with open(staging / REJECTS_FILE, "w") as f:
-                f.writelines(json.dumps(r.to_json()) + "\n" for r in rejects)
-        meta, examples = write_meta(
-            staging, tok, parts, id_hashes, seconds=time.perf_counter() - start_time, input_bytes=total_bytes,
-            text_bytes=text_bytes, rejected_lines=rejected_lines, skipped_files=skipped_files,
-        )
-    warn_duplicates(out_dir, meta, examples)
+        facts = {"input_bytes": total_bytes, "text_bytes": text_bytes, "rejected_lines": rejected_lines,
+                 "skipped_files": skipped_files}  # fmt: skip
+        if validation is not None:
+            written = _split(work, parts, validation, staging, tok, rejects, facts, start_time)
+        else:
+            _write_rejects(staging, rejects)
+            meta, examples = write_meta(staging, tok, parts, id_hashes, seconds=time.perf_counter() - start_time,
+                                        **facts)  # fmt: skip
+    if validation is not None:
+        from lmforge.data.split_tokens import warn_split  # it imports this module
+
+        warn_split(out_dir, written)
+    else:
+        warn_duplicates(out_dir, meta, examples)
     if rejects:
         files_, lines_ = _plural(skipped_files, "file"), _plural(rejected_lines, "line")
-        log.warning(f"skipped {files_} and {lines_}; see {out_dir / REJECTS_FILE}")
+        where = out_dir / TRAIN if validation is not None else out_dir
+        log.warning(f"skipped {files_} and {lines_}; see {where / REJECTS_FILE}")
+    if validation is not None:
+        return {side: meta for side, (meta, _) in written.items()}
     return meta
+
+
+def _holds_tokens(folder: Path) -> bool:
+    """A token folder, or a split of two, is there already."""
+    return any((f / META_FILE).exists() for f in (folder, *(folder / side for side in SIDES)))
+
+
+def _write_rejects(folder: Path, rejects: list[BadInput]) -> None:
+    if rejects:
+        with open(folder / REJECTS_FILE, "w") as f:
+            f.writelines(json.dumps(r.to_json()) + "\n" for r in rejects)
+
+
+def _split(
+    work: Path,
+    parts: list[dict],
+    validation: ValidationSplit,
+    staging: Path,
+    tok: Tokenizer,
+    rejects: list[BadInput],
+    facts: dict,
+    start_time: float,
+) -> dict[str, tuple[dict, list[str]]]:
+    """Route the scratch folder's parts into staging/train and staging/val, each with the run's
+    rejects and meta.json (`facts`: the run's input counts, the same on both sides); the scratch
+    folder is deleted."""
+    from lmforge.data.split_tokens import SourcePart, route, write_split_meta  # it imports this module
+
+    sources = [SourcePart(work / p["tokens"], work / p["documents"], p["num_tokens"], p["source_file"]) for p in parts]
+    sides = route(sources, validation, staging, token_dtype(tok.vocab_size))
+    shutil.rmtree(work)
+    for side in sides.values():
+        _write_rejects(side.folder, rejects)
+    facts = {"seconds": time.perf_counter() - start_time, **facts}
+    return write_split_meta(sides, validation, tok, facts)
 
 
 def write_meta(
     folder: Path, tok: Tokenizer, parts: list[dict], id_hashes: np.ndarray, *, seconds: float, input_bytes: int,
-    text_bytes: int, rejected_lines: int, skipped_files: int,
+    text_bytes: int, rejected_lines: int, skipped_files: int, split: dict | None = None,
 ) -> tuple[dict, list[str]]:
     """Write `folder/meta.json` for the parts already in `folder` (in stream order); returns it and a few repeated ids.
-    Shared by `data tokenize` and a curate pipeline's `tokenize:` so both write one format."""
+    Shared by `data tokenize` and a curate pipeline's `tokenize:` so both write one format. `split`: the
+    side's record when the folder is one side of a validation split (`split.ValidationSplit.record`)."""
     duplicates, examples = _duplicate_ids(folder, parts, id_hashes)
     meta = {
         "format": FORMAT,
@@ -321,6 +390,8 @@ def write_meta(
         "skipped_files": skipped_files,
         "duplicate_ids": duplicates,
     }
+    if split is not None:
+        meta["split"] = split
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta, examples
 

@@ -32,7 +32,15 @@ def parse_tasks(tasks: str | Sequence[str], variant: str = DEFAULT_VARIANT) -> l
     specs = [s.strip() for s in specs if s.strip()]
     if not specs:
         raise LmforgeError("no tasks given; name some, e.g. --tasks arc_easy,hellaswag")
-    return list(dict.fromkeys(resolve_task(s, variant) for s in specs))
+    pairs, problems = [], []
+    for spec in specs:  # every bad name at once, not one per run
+        try:
+            pairs.append(resolve_task(spec, variant))
+        except LmforgeError as e:
+            problems.append(str(e))
+    if problems:
+        raise LmforgeError(problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems))
+    return list(dict.fromkeys(pairs))
 
 
 def load_for_eval(
@@ -42,11 +50,19 @@ def load_for_eval(
     consolidated or sharded) or a transformers OLMo 2 folder (config.json), each with its
     tokenizer beside it."""
     from lmforge.model.hf import from_hf
-    from lmforge.model.io import CONFIG_FILE, check_tokenizer_fits, load_model, load_model_tokenizer
+    from lmforge.model.io import (
+        CONFIG_FILE,
+        check_tokenizer_fits,
+        load_model,
+        load_model_tokenizer,
+        model_folder_problem,
+    )
 
     folder = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     prefix = None
+    if not folder.is_dir():
+        raise LmforgeError(model_folder_problem(folder))
     if (folder / CONFIG_FILE).exists():
         model = load_model(folder, device=device)
         tokenizer = load_model_tokenizer(folder)
@@ -55,9 +71,7 @@ def load_for_eval(
         tokenizer = Tokenizer.load(folder) if (folder / "tokenizer.json").exists() else None
         prefix = _hf_bos_id(folder, tokenizer)
     else:
-        raise LmforgeError(
-            f"{folder}: neither an lmforge checkpoint ({CONFIG_FILE}) nor a transformers folder (config.json)"
-        )
+        raise LmforgeError(model_folder_problem(folder))
     if tokenizer is None:
         raise LmforgeError(f"{folder}: no tokenizer.json beside the model; evaluation needs the model's tokenizer")
     check_tokenizer_fits(model.cfg, tokenizer, str(folder))
@@ -187,7 +201,7 @@ def format_table(results: dict[str, Any]) -> str:
     then one for the perplexity, if measured."""
     names = "".join(f" {c.removesuffix('_corr'):>13}" for c in TABLE_COLUMNS)
     head = f"{'task':<28} {'docs':>6} {'primary':>24}{names}"
-    lines = [head, "-" * len(head)]
+    lines = [head, "-" * len(head)] if results["tasks"] else []  # perplexity only: no empty table
     for spec, r in results["tasks"].items():
         primary = f"{r['primary_metric']} {_fmt(r['primary_score'])}"
         cells = "".join(f" {_fmt(r['metrics'].get(c)):>13}" for c in TABLE_COLUMNS)

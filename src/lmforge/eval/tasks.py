@@ -116,9 +116,34 @@ def parse_task(spec: str, default_variant: str) -> tuple[str, str]:
     return task.strip(), (variant.strip() or default_variant)
 
 
+def pick_variant(task: str, default_variant: str) -> str | None:
+    """The variant a task named without one is read from: `default_variant` if the task has it;
+    else its only variant (coqa: bpb_0shot); else its one variant of the default's kind (rc_,
+    mc_, …: medmcqa → rc_5shot) or else of the default's shots (…_0shot: codex_humaneval →
+    gold_bpb_0shot). None when that still leaves a choice (copycolors: 10way or xl_10way)."""
+    variants = OLMES_TASKS[task]
+    if default_variant in variants:
+        return default_variant
+    if len(variants) == 1:
+        return variants[0]
+    kind, shots = default_variant.split("_")[0] + "_", "_" + default_variant.split("_")[-1]
+    for matches in ([v for v in variants if v.startswith(kind)], [v for v in variants if v.endswith(shots)]):
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def _with_variant(spec: str, default_variant: str) -> tuple[str, str]:
+    """parse_task, except that a task named without a variant gets `pick_variant`'s."""
+    task, variant = parse_task(spec, default_variant)
+    if ":" not in spec and task in OLMES_TASKS:
+        variant = pick_variant(task, default_variant) or variant
+    return task, variant
+
+
 def check_task(spec: str, default_variant: str, where: str) -> tuple[str, str]:
     """The (task, variant) a spec names, or ConfigError listing what exists."""
-    task, variant = parse_task(spec, default_variant)
+    task, variant = _with_variant(spec, default_variant)
     if task not in OLMES_TASKS:
         close = difflib.get_close_matches(task, OLMES_TASKS, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -316,8 +341,9 @@ class Task:
 
 def resolve_task(spec: str, default_variant: str) -> tuple[str, str]:
     """(task, variant) of 'arc_easy' or 'arc_easy:rc_5shot'; an unknown name or variant raises
-    LmforgeError naming what exists (one line)."""
-    task, variant = parse_task(spec, default_variant)
+    LmforgeError naming what exists (one line). A task named without a variant that lacks
+    `default_variant` gets its own (`pick_variant`)."""
+    task, variant = _with_variant(spec, default_variant)
     if task not in OLMES_TASKS:
         close = difflib.get_close_matches(task, OLMES_TASKS, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

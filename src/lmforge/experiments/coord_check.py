@@ -41,6 +41,7 @@ from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write
 from lmforge.model.config import ModelConfig
 from lmforge.model.loss import lm_loss
+from lmforge.model.transformer import Transformer
 from lmforge.train.config import RunConfig
 from lmforge.train.optim import build_optimizer, set_lr
 
@@ -139,7 +140,7 @@ def first_batches(cfg: RunConfig, n_batches: int) -> list[tuple[torch.Tensor, to
 
 def _one_run(cfg: RunConfig, model_cfg: ModelConfig, batches, lr: float, seed: int) -> dict[str, Any]:
     """Train one width from one seed; per layer per step RMS and change-RMS, and the losses."""
-    model = model_cfg.build(device="meta")
+    model = Transformer(model_cfg, device="meta")
     model.to_empty(device="cpu")
     model.init_weights(seed)
     model.train()

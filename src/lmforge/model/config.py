@@ -1,7 +1,8 @@
 """The model's typed config and the named size presets.
 
 A preset is a row in `PRESETS`, not a method: `ModelConfig.preset("olmo2-1b")`, or in
-YAML ``model: {preset: olmo2-1b, n_layers: 8}`` (the other keys override the preset).
+YAML ``model: {preset: olmo2-1b, n_layers: 8}`` (the other keys override the preset). The model
+itself is `Transformer(cfg)`: this module knows nothing of it, so config and model import one way.
 """
 
 from __future__ import annotations
@@ -168,8 +169,26 @@ class ModelConfig(Config):
             data = {**PRESETS[name], **data}
         return super().from_dict(data, where=where)
 
-    def build(self, device: Any = None):
-        """The `Transformer` this config describes, initialised (or uninitialised on 'meta')."""
-        from lmforge.model.transformer import Transformer
+    def resolved(self) -> dict[str, Any]:
+        """`to_dict()` with defaults that stand for another field spelled out (n_kv_heads: None
+        is n_heads), so two spellings of one model compare equal."""
+        return {**self.to_dict(), "n_kv_heads": self.kv_heads}
 
-        return Transformer(self, device=device)
+    def weight_differences(self, other: ModelConfig) -> list[str]:
+        """Fields of `WEIGHT_FIELDS` on which `other` holds tensors of other names or shapes
+        (the vocabulary compared padded: the embedding's rows)."""
+        mine, theirs = self.resolved(), other.resolved()
+        differ = [k for k in WEIGHT_FIELDS if k != "vocab_size" and mine[k] != theirs[k]]
+        return (["vocab_size"] if self.padded_vocab_size != other.padded_vocab_size else []) + differ
+
+    def function_differences(self, other: ModelConfig) -> list[str]:
+        """Fields that change what the same weights compute (`FUNCTION_FIELDS`)."""
+        mine, theirs = self.resolved(), other.resolved()
+        return [k for k in FUNCTION_FIELDS if mine[k] != theirs[k]]
+
+
+WEIGHT_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "tie_embeddings",
+                 "norm_placement", "qk_norm")
+"""What decides a model's tensors: two configs equal on these (resolved) hold interchangeable weights."""
+FUNCTION_FIELDS = ("rope_theta", "norm_eps", "parametrization", "mup_base_d_model", "mup_output_multiplier")
+"""What else changes the function the weights compute (max_seq_len, init_std do not)."""

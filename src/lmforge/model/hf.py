@@ -1,4 +1,6 @@
-"""Conversion between lmforge's `Transformer` and transformers' `Olmo2ForCausalLM` folders.
+"""Conversion between lmforge's `Transformer` and transformers' `Olmo2ForCausalLM` folders:
+`to_hf` (`lmforge export`), `from_hf`, and `import_hf` (`lmforge import`: a transformers folder
+→ an lmforge checkpoint with its tokenizer, to continue pretraining a released model).
 
 The two layouts differ only in names: our RoPE uses the same half-split rotation as
 transformers, so no weight is permuted. The map below is the whole adapter. Neither
@@ -14,17 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import tokenizers
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.fsutil import staged_folder
+from lmforge.fsutil import atomic_write, file_sha256, staged_folder
 from lmforge.model.config import ModelConfig
-from lmforge.model.io import assign_weights
+from lmforge.model.io import assign_weights, check_tokenizer_fits, model_folder_problem, save_model, write_safetensors
 from lmforge.model.parametrization import fold_multipliers
 from lmforge.model.transformer import Transformer
 
 if TYPE_CHECKING:
     from lmforge.data.tokenizer import Tokenizer
+
+SOURCE_FILE = "source.json"
+"""Written by `import_hf` beside the weights: where they came from, with sha256 of its files."""
 
 # ours → transformers; "{}" is the block index.
 GLOBAL_KEYS = {
@@ -178,7 +183,7 @@ def to_hf(
         eos_token_id, pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     with staged_folder(out_dir) as staging:
-        save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
+        write_safetensors(tensors, staging / "model.safetensors", metadata={"format": "pt"})
         config = hf_config(cfg, eos_token_id=eos_token_id, pad_token_id=pad_token_id, dtype=dtype)
         _write_json(staging / "config.json", config)
         generation = {"bos_token_id": None, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
@@ -230,6 +235,8 @@ def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device: str |
     folder = Path(path)
     config_path = folder / "config.json"
     if not config_path.exists():
+        if not folder.is_dir() or (folder / "model.yaml").exists():
+            raise LmforgeError(model_folder_problem(folder))
         raise LmforgeError(f"{folder}: not a transformers model folder (config.json is missing)")
     cfg = model_config_from_hf(json.loads(config_path.read_text()), str(folder))
     cfg = _with_tokenizer_vocab(cfg, folder / "tokenizer.json")
@@ -246,3 +253,31 @@ def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device: str |
         theirs_to_ours.get(name, name): t.to(device=device, dtype=dtype or t.dtype) for name, t in tensors.items()
     }
     return assign_weights(cfg, state, where=f"{folder} (OLMo 2 checkpoint)", display=lambda n: names.get(n, n))
+
+
+def import_hf(path: str | Path, out_dir: str | Path, *, dtype: torch.dtype | None = None,
+              overwrite: bool = False) -> Path:
+    """`lmforge import`: write the transformers OLMo 2 folder `path` as an lmforge checkpoint
+    (model.safetensors + model.yaml, its tokenizer, and source.json naming the folder and the
+    sha256 of its files). Weights keep their dtype unless `dtype` is given, so exporting the
+    result gives back the same tensors bit for bit. The folder appears complete or not at all."""
+    from lmforge.data.tokenizer import Tokenizer
+
+    folder, out_dir = Path(path), Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise LmforgeError(f"{out_dir} exists; choose a new folder or pass --overwrite")
+    model = from_hf(folder, dtype=dtype)
+    tokenizer = Tokenizer.load(folder) if (folder / "tokenizer.json").exists() else None
+    if tokenizer is not None:
+        check_tokenizer_fits(model.cfg, tokenizer, str(folder))
+    hashed = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+    source = {
+        "format": "transformers",
+        "path": str(folder.absolute()),
+        "architectures": json.loads((folder / "config.json").read_text()).get("architectures"),
+        "files": {p.name: file_sha256(p) for p in hashed},
+    }
+    with staged_folder(out_dir) as staging:
+        save_model(model, staging, tokenizer)
+        atomic_write(staging / SOURCE_FILE, json.dumps(source, indent=1) + "\n")
+    return out_dir

@@ -6,10 +6,14 @@ when the tokenizer travels with it, `tokenizer.json`:
 * sharded: `model/`, a `torch.distributed.checkpoint` folder as training checkpoints write it
   from any number of ranks.
 
-`load_model` reads either, so `lmforge export` takes a training checkpoint as it is."""
+`load_model` reads either, so `lmforge export` takes a training checkpoint as it is; given a
+folder that is neither, `model_folder_problem` says what it is instead (a run folder, a
+transformers folder, nothing) and what to pass."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import LmforgeError
-from lmforge.fsutil import staged_folder
+from lmforge.fsutil import give_umask_mode, staged_folder
 from lmforge.safe_dcp import read_metadata, safe_load
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
@@ -28,6 +32,9 @@ WEIGHTS_FILE = "model.safetensors"
 SHARDED_DIR = "model"
 CONFIG_FILE = "model.yaml"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+HF_CONFIG_FILE = "config.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def save_model(model: Transformer, directory: str | Path, tokenizer: Tokenizer | None = None) -> None:
@@ -35,20 +42,42 @@ def save_model(model: Transformer, directory: str | Path, tokenizer: Tokenizer |
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS_FILE, metadata={"format": "lmforge"})
+    write_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "lmforge"})
     (directory / CONFIG_FILE).write_text(model.cfg.to_yaml())
     if tokenizer is not None:
-        tokenizer.save(directory / TOKENIZER_FILE)
+        save_tokenizer(tokenizer, directory)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file`, with the file given the umask's mode (it writes 0600)."""
+    save_file(tensors, path, metadata=metadata)
+    give_umask_mode(path)
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
+    """`tokenizer.json`, plus a `tokenizer_config.json` naming eos/pad when they are not the
+    ones `Tokenizer.load` would find by itself (a transformers tokenizer may name others)."""
+    tokenizer.save(directory / TOKENIZER_FILE)
+    try:
+        found = Tokenizer(tokenizer.hf, name=tokenizer.name)
+        detected = (found.eos_token, found.pad_token) == (tokenizer.eos_token, tokenizer.pad_token)
+    except LmforgeError:  # no eos it would recognise
+        detected = False
+    if not detected:
+        specials = {"eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token}
+        (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(specials, indent=2) + "\n")
 
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> Transformer:
     """The model in `directory`: consolidated (`model.safetensors`) or sharded (`model/`)."""
     directory = Path(directory)
     sharded = (directory / SHARDED_DIR / ".metadata").exists()
-    if not (directory / CONFIG_FILE).exists() or not (sharded or (directory / WEIGHTS_FILE).exists()):
+    if not (directory / CONFIG_FILE).exists():
+        raise LmforgeError(model_folder_problem(directory))
+    if not (sharded or (directory / WEIGHTS_FILE).exists()):
         raise LmforgeError(
-            f"{directory}: not an lmforge model checkpoint (it needs {CONFIG_FILE} and {WEIGHTS_FILE} or a sharded "
-            f"{SHARDED_DIR}/ folder)"
+            f"{directory}: not an lmforge model checkpoint (it has {CONFIG_FILE} but neither {WEIGHTS_FILE} nor a "
+            f"sharded {SHARDED_DIR}/ folder)"
         )
     cfg = ModelConfig.from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()), where="model.")
     if sharded:
@@ -59,7 +88,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
 
 def load_sharded(cfg: ModelConfig, folder: Path, *, device: str | torch.device = "cpu") -> Transformer:
     """Read a DCP model folder (written by any number of ranks) into one unsharded model."""
-    model = cfg.build(device="meta").to_empty(device=device)
+    model = Transformer(cfg, device="meta").to_empty(device=device)
     state = model.state_dict()
     stored = read_metadata(folder).state_dict_metadata
     missing = sorted(set(state) - set(stored))
@@ -89,7 +118,7 @@ def assign_weights(
     truncated or mismatched file never loads silently; `display` maps our parameter names to
     the names the user's file uses, for the error message.
     """
-    model = cfg.build(device="meta")
+    model = Transformer(cfg, device="meta")
     expected = {name: p.shape for name, p in model.state_dict().items()}
     missing = sorted(display(n) for n in set(expected) - set(state))
     unexpected = sorted(display(n) for n in set(state) - set(expected))
@@ -123,8 +152,34 @@ def check_tokenizer_fits(cfg: ModelConfig, tokenizer: Tokenizer, where: str) -> 
 
 
 def load_model_tokenizer(directory: str | Path) -> Tokenizer | None:
-    path = Path(directory) / TOKENIZER_FILE
-    return Tokenizer.load(path) if path.exists() else None
+    """The tokenizer saved beside a model (with its tokenizer_config.json, if any), or None."""
+    directory = Path(directory)
+    return Tokenizer.load(directory) if (directory / TOKENIZER_FILE).exists() else None
+
+
+def is_hf_folder(directory: str | Path) -> bool:
+    """A transformers model folder (config.json) rather than one of lmforge's (model.yaml)."""
+    directory = Path(directory)
+    return (directory / HF_CONFIG_FILE).exists() and not (directory / CONFIG_FILE).exists()
+
+
+def model_folder_problem(directory: str | Path) -> str:
+    """One line saying why `directory` holds no model, and what to pass instead."""
+    directory = Path(directory)
+    if not directory.exists():
+        return f"{directory} does not exist"
+    if not directory.is_dir():
+        return f"{directory} is a file; pass the folder that holds the model ({CONFIG_FILE} or {HF_CONFIG_FILE})"
+    root = directory / "checkpoints" if (directory / "checkpoints").is_dir() else directory
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
+    complete = [p for _, p in steps if (p / "manifest.json").exists()]
+    if complete:
+        what = "a run folder" if root != directory else "a run's checkpoints folder"
+        return f"{directory} is {what}, not a checkpoint; pass one of its checkpoints, e.g. {complete[-1]}"
+    if root != directory or (directory / "config.yaml").exists() or (directory / "metrics.jsonl").exists():
+        return f"{directory} is a run folder with no complete checkpoint yet (nothing in {root})"
+    return (f"{directory} is not a model checkpoint: it has neither {CONFIG_FILE} (lmforge) nor {HF_CONFIG_FILE} "
+            "(transformers)")
 
 
 def consolidate(checkpoint: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class ModelSize:
 
 
 def model_size(cfg: ModelConfig) -> ModelSize:
-    model = cfg.build(device="meta")
+    model = Transformer(cfg, device="meta")
     total = sum(p.numel() for p in model.parameters())
     embedding = model.embed.weight.numel()
     non_embedding = total - embedding + (embedding if cfg.tie_embeddings else 0)

@@ -34,8 +34,10 @@ def soup(checkpoints: Sequence[str | Path], out_dir: str | Path, *, weights: Seq
     mean = {name: tensor.double() * (weights[0] / total) for name, tensor in first.state_dict().items()}
     for path, weight in zip(checkpoints[1:], weights[1:]):
         model = load_model(path)
-        if model.cfg != first.cfg:
-            differs = [k for k, v in model.cfg.to_dict().items() if first.cfg.to_dict().get(k) != v]
+        # One model: the same tensors computing the same function (n_kv_heads unset is n_heads;
+        # init_std or max_seq_len may differ). The soup takes the first checkpoint's config.
+        differs = first.cfg.weight_differences(model.cfg) + first.cfg.function_differences(model.cfg)
+        if differs:
             raise LmforgeError(
                 f"{path} has another model shape than {checkpoints[0]} ({', '.join(differs)} differ); "
                 "only checkpoints of one model can be souped"

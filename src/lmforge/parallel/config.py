@@ -50,9 +50,10 @@ class ParallelConfig(Config):
         require(self.ac_every >= 1, "parallel.ac_every", f"must be ≥ 1, got {self.ac_every}")
         require(self.loss_chunk_tokens >= -1, "parallel.loss_chunk_tokens",
                 f"must be a token count, 0 (no chunking) or -1 (auto); got {self.loss_chunk_tokens}")
+        require(self.prefetch_batches >= 0, "parallel.prefetch_batches",
+                f"must be ≥ 0 (0 reads batches in the training thread), got {self.prefetch_batches}")
 
     def loss_chunk_for(self, device_type: str) -> int:
         if self.loss_chunk_tokens != -1:
             return self.loss_chunk_tokens
         return 4096 if device_type == "cuda" else 1024
-        require(self.prefetch_batches >= 0, "parallel.prefetch_batches", f"must be ≥ 0, got {self.prefetch_batches}")

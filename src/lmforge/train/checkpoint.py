@@ -209,16 +209,17 @@ def find_resumable(root: Path, *, quiet: bool = False) -> Path | None:
     return None
 
 
-def prune(root: Path, keep: int, keep_steps: Iterable[int] = ()) -> None:
+def prune(root: Path, keep: int, keep_steps: Iterable[int] = ()) -> list[Path]:
     """Delete all but the newest `keep` complete checkpoints (0 keeps everything), never
-    those of `keep_steps`."""
+    those of `keep_steps`; returns the folders deleted, oldest first."""
     if keep <= 0:
-        return
+        return []
     pinned = set(keep_steps)
     complete = [(step, p) for step, p in step_dirs(root) if check_complete(p) is None]
-    for step, folder in complete[keep:]:
-        if step not in pinned:
-            shutil.rmtree(folder, ignore_errors=True)
+    deleted = [folder for step, folder in complete[keep:] if step not in pinned]
+    for folder in deleted:
+        shutil.rmtree(folder, ignore_errors=True)
+    return deleted[::-1]
 
 
 def read_json(path: Path) -> Any:

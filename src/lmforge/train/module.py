@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lmforge.data.dataset import IGNORE_INDEX, Batch
 from lmforge.model.loss import LossParts
+from lmforge.model.transformer import Transformer
 from lmforge.parallel import World, parallelize
 from lmforge.parallel.fsdp import clip_grad_norm, copy_full_into, set_gradient_sync
 from lmforge.train.config import RunConfig
@@ -34,7 +35,7 @@ class TrainModule:
     def __init__(self, cfg: RunConfig, world: World):
         self.cfg, self.world = cfg, world
         self.device = world.device
-        model = cfg.model.build(device="meta")
+        model = Transformer(cfg.model, device="meta")
         parallelize(model, cfg.parallel, world)
         model.to_empty(device=self.device)
         init_weights(model, cfg.trainer.seed, self.device)

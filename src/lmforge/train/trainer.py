@@ -19,11 +19,12 @@ import yaml
 
 from lmforge.data.dataset import BatchLoader, InstanceDataset, TokenStream
 from lmforge.data.tokenizer import Tokenizer
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import atomic_write
 from lmforge.model.config import ModelConfig
+from lmforge.model.hf import from_hf
 from lmforge.model.io import CONFIG_FILE as MODEL_CONFIG_FILE
-from lmforge.model.io import TOKENIZER_FILE, load_model
+from lmforge.model.io import is_hf_folder, load_model, model_folder_problem, save_tokenizer
 from lmforge.parallel import World, init_world
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.callbacks import Callback, append_jsonl, default_callbacks
@@ -84,7 +85,12 @@ class Trainer:
         if cfg.data.validation:
             val_stream = TokenStream(cfg.data.validation)
             if val_stream.tokenizer_fingerprint != stream.tokenizer_fingerprint:
-                raise LmforgeError("data.validation was tokenized with a different tokenizer than data.train")
+                raise LmforgeError(
+                    f"data.validation was tokenized with a different tokenizer (fingerprint "
+                    f"{val_stream.tokenizer_fingerprint}) than data.train ({stream.tokenizer_fingerprint}); retokenize "
+                    "data.validation with data.train's tokenizer, or make both with one `lmforge data tokenize INPUTS "
+                    "--tokenizer T --out OUT --validation 0.01` (data.train: [OUT/train], data.validation: [OUT/val])"
+                )
             self.val_dataset = InstanceDataset(val_stream, cfg.data.seq_len, seed=0, mask_repetitions=False)
 
         self.module = TrainModule(cfg, self.world)
@@ -135,17 +141,16 @@ class Trainer:
 
     # -- run directory, metrics and checkpoints ------------------------------------------------------
     def prepare_run_dir(self) -> None:
-        """Start a run, or resume one: the run dir's config must be this config."""
+        """Start a run, or resume one: the run dir's config must be this config. A start that
+        is refused (another config, an init_from that does not fit) creates nothing."""
         config_path = self.run_dir / CONFIG_FILE
-        if self.world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if config_path.exists():
-                changed = [k for k in _diff_keys(yaml.safe_load(config_path.read_text()), self.cfg.to_dict())
-                           if k not in RESUME_MAY_CHANGE]
+        problem = None
+        if self.world.is_main and config_path.exists():
+            changed = [k for k in _diff_keys(_saved_run_config(config_path), self.cfg.to_dict())
+                       if k not in RESUME_MAY_CHANGE]
+            if changed:
                 problem = (f"{self.run_dir} holds a run with a different config ({', '.join(changed)}); "
-                           "use a new trainer.run_dir, or resume with the same config") if changed else None
-            else:
-                problem = None
+                           "use a new trainer.run_dir, or resume with the same config")
         # Every rank must agree before anything collective happens (and fail together).
         problem = self.world.broadcast_object(problem if self.world.is_main else None)
         if problem:
@@ -158,6 +163,7 @@ class Trainer:
         elif self.cfg.trainer.init_from is not None:
             self.init_from(Path(self.cfg.trainer.init_from), optimizer=self.cfg.trainer.init_optimizer)
         if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(config_path, self.cfg.to_yaml())
             self._truncate_metrics()
         self.world.barrier()
@@ -211,7 +217,7 @@ class Trainer:
             (folder / CONFIG_FILE).write_text(self.cfg.to_yaml())
             (folder / MODEL_CONFIG_FILE).write_text(self.cfg.model.to_yaml())
             if self.tokenizer is not None:
-                self.tokenizer.save(folder / TOKENIZER_FILE)
+                save_tokenizer(self.tokenizer, folder)
 
         self.pending = ckpt.begin_checkpoint(self.checkpoint_root, self.step, self.world, write_all, write_main)
         if not background:
@@ -223,9 +229,13 @@ class Trainer:
         if self.pending is None:
             return
         pending, self.pending = self.pending, None
-        ckpt.finish_checkpoint(pending, self.world)
+        final = ckpt.finish_checkpoint(pending, self.world)
         if self.world.is_main:
-            ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints, self.cfg.trainer.keep_steps)
+            log.info(f"step {pending.step}: wrote checkpoint {final}")
+            pruned = ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints, self.cfg.trainer.keep_steps)
+            if pruned:
+                names = ", ".join(p.name for p in pruned)
+                log.info(f"step {pending.step}: deleted {names} (trainer.keep_checkpoints={self.cfg.trainer.keep_checkpoints})")
 
     def _checkpoint_groups(self, keys: list[str]) -> dict:
         """A gloo group per state entry for background writes (created once, by all ranks at
@@ -253,29 +263,59 @@ class Trainer:
             cb.load_state_dict(trainer_state["callbacks"].get(cb.name, {}))
 
     def init_from(self, folder: Path, *, optimizer: bool) -> None:
-        """Weights (and optionally optimizer state) of another run's checkpoint, as step 0 of
-        this one: the step counter, data position and schedule start afresh."""
-        if not (folder / MODEL_CONFIG_FILE).exists():
-            raise LmforgeError(f"trainer.init_from: {folder} is not a checkpoint ({MODEL_CONFIG_FILE} is missing)")
-        self.check_checkpoint_model(folder)
-        if optimizer and not (folder / "optim").is_dir():
-            raise LmforgeError(f"trainer.init_optimizer: {folder} has no optimizer state (only training checkpoints do)")
-        if (folder / "model").is_dir():
-            state = self.module.state_dict()
-            wanted = {"model": state["model"], **({"optim": state["optim"]} if optimizer else {})}
-            ckpt.load_state(folder, wanted)
-            self.module.load_state_dict(wanted)
+        """Weights (and optionally optimizer state) of another run's checkpoint, or of a
+        transformers OLMo 2 folder, as step 0 of this one: the step counter, data position and
+        schedule start afresh."""
+        if is_hf_folder(folder):
+            if optimizer:
+                raise LmforgeError(f"trainer.init_optimizer: {folder} is a transformers folder, which holds no "
+                                   "optimizer state; drop --init-optimizer (trainer.init_optimizer: false)")
+            model = from_hf(folder)
+            self.check_init_model(folder, model.cfg)
+            self.module.load_full_weights(model.state_dict())
+            del model
         else:
-            self.module.load_full_weights(load_model(folder).state_dict())
+            if not (folder / MODEL_CONFIG_FILE).exists():
+                raise LmforgeError(f"trainer.init_from: {model_folder_problem(folder)}")
+            self.check_init_model(folder, _saved_model_config(folder))
+            if optimizer and not (folder / "optim").is_dir():
+                raise LmforgeError(f"trainer.init_optimizer: {folder} has no optimizer state (only training "
+                                   "checkpoints do)")
+            if (folder / "model").is_dir():
+                state = self.module.state_dict()
+                wanted = {"model": state["model"], **({"optim": state["optim"]} if optimizer else {})}
+                ckpt.load_state(folder, wanted)
+                self.module.load_state_dict(wanted)
+            else:
+                self.module.load_full_weights(load_model(folder).state_dict())
         if self.world.is_main:
             log.info(f"initialised from {folder}" + (" (weights and optimizer state)" if optimizer else " (weights)"))
 
+    def check_init_model(self, folder: Path, saved: ModelConfig) -> None:
+        """A model to start from must have this run's tensors (shapes compared resolved:
+        n_kv_heads None is n_heads); other numerics that differ are the run's choice, said once."""
+        ours = self.cfg.model
+        if differ := ours.weight_differences(saved):
+            theirs, mine = saved.resolved(), ours.resolved()
+            detail = ", ".join(f"{k}: {theirs[k]} vs {mine[k]}" for k in differ)
+            fix = " ".join(f"--model.{k}={_yaml_value(theirs[k])}" for k in differ)
+            raise LmforgeError(
+                f"trainer.init_from: {folder} holds a model of another shape ({detail}: checkpoint vs config); "
+                f"give this run its shape ({fix}) or start from a checkpoint of this one"
+            )
+        if (differ := ours.function_differences(saved)) and self.world.is_main:
+            theirs, mine = saved.resolved(), ours.resolved()
+            log.warning(f"trainer.init_from: {folder} computes with " + ", ".join(f"{k}={theirs[k]}" for k in differ)
+                        + "; this run uses " + ", ".join(f"{k}={mine[k]}" for k in differ) + " (to keep the model's: "
+                        + " ".join(f"--model.{k}={_yaml_value(theirs[k])}" for k in differ) + ")")
+
     def check_checkpoint_model(self, folder: Path) -> None:
-        """A checkpoint of another model shape is refused before any tensor is read."""
-        saved = ModelConfig.from_dict(yaml.safe_load((folder / MODEL_CONFIG_FILE).read_text()), where="model.")
-        changed = _diff_keys(saved.to_dict(), self.cfg.model.to_dict())
+        """A checkpoint to resume must be of this run's model (configs compared resolved)."""
+        saved = _saved_model_config(folder)
+        changed = _diff_keys(saved.resolved(), self.cfg.model.resolved())
         if changed:
-            detail = ", ".join(f"{k}: {_get(saved.to_dict(), k)} vs {_get(self.cfg.model.to_dict(), k)}" for k in changed)
+            detail = ", ".join(f"{k}: {_get(saved.resolved(), k)} vs {_get(self.cfg.model.resolved(), k)}"
+                               for k in changed)
             raise LmforgeError(
                 f"{folder} holds a model of another shape ({detail}: checkpoint vs config); "
                 "resume it with its own model config, or start a new trainer.run_dir"
@@ -283,6 +323,25 @@ class Trainer:
 
     def close(self) -> None:
         self.world.close()
+
+
+def _saved_run_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml as a full config: fields added to lmforge since it was written count
+    as their defaults, so a newer lmforge resumes an older run (as written if it no longer loads:
+    the difference is then reported field by field)."""
+    saved = yaml.safe_load(path.read_text())
+    try:
+        return RunConfig.from_dict(saved).to_dict()
+    except ConfigError:
+        return saved
+
+
+def _saved_model_config(folder: Path) -> ModelConfig:
+    return ModelConfig.from_dict(yaml.safe_load((folder / MODEL_CONFIG_FILE).read_text()), where="model.")
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def batch_crc(instances: np.ndarray) -> int:
