@@ -58,6 +58,18 @@ def token_data(tmp_path_factory):
     return root
 
 
+def tiny_run(token_data: Path, run_dir: Path, **trainer) -> dict:
+    """The smallest run config on `token_data` (1 block, 32 wide, 128 tokens a step): a plain
+    dict, for tests that only need a run to exist (its files, messages, checkpoints)."""
+    return {
+        "model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden": 64},
+        "data": {"train": [str(token_data / "train")], "seq_len": 32},
+        "trainer": {"run_dir": str(run_dir), "batch_tokens": 128, "micro_batch_size": 4, "max_steps": 2,
+                    "checkpoint_every": 1, **trainer},
+        "tokenizer": str(token_data / "tokenizer.json"),
+    }
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models on 2 shared cores: one intra-op thread is many times faster than two

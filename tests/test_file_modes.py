@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run
 from sample_corpus import build_sample_corpus, write_sample_corpus
 
 from lmforge.curate.pipeline import CurateConfig, curate
@@ -56,13 +57,7 @@ def test_every_output_gets_the_umask_mode(token_data, tmp_path, umask):
     outputs["curate"] = tmp_path / "curated"
 
     run = tmp_path / "run"
-    Trainer(RunConfig.from_dict({
-        "model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden": 64},
-        "data": {"train": [str(token_data / "train")], "seq_len": 32},
-        "trainer": {"run_dir": str(run), "batch_tokens": 128, "micro_batch_size": 4, "max_steps": 2,
-                    "checkpoint_every": 1, "keep_checkpoints": 1},
-        "tokenizer": str(token_data / "tokenizer.json"),
-    })).fit()
+    Trainer(RunConfig.from_dict(tiny_run(token_data, run, keep_checkpoints=1))).fit()
     outputs["run"] = run
     step = run / "checkpoints" / "step-2"
     outputs["export"] = to_hf(load_model(step), tmp_path / "hf", load_model_tokenizer(step))

@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import yaml
+from conftest import tiny_run
 
 from lmforge.cli import main
 from lmforge.curate.decontam import DecontaminateConfig
@@ -35,13 +36,7 @@ def run(token_data, tmp_path_factory):
     level = logger.level
     logger.addHandler(handler), logger.setLevel(logging.INFO)
     try:
-        Trainer(RunConfig.from_dict({
-            "model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden": 64},
-            "data": {"train": [str(token_data / "train")], "seq_len": 32},
-            "trainer": {"run_dir": str(run_dir), "batch_tokens": 128, "micro_batch_size": 4, "max_steps": 3,
-                        "checkpoint_every": 1, "keep_checkpoints": 1},
-            "tokenizer": str(token_data / "tokenizer.json"),
-        })).fit()
+        Trainer(RunConfig.from_dict(tiny_run(token_data, run_dir, max_steps=3, keep_checkpoints=1))).fit()
     finally:
         logger.removeHandler(handler), logger.setLevel(level)
     return run_dir, records
@@ -112,10 +107,7 @@ def test_eval_lists_every_bad_task_at_once(run, capsys):
 
 
 def test_prefetch_batches_is_checked(token_data, tmp_path, capsys):
-    config = {"model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden": 64},
-              "data": {"train": [str(token_data / "train")], "seq_len": 32},
-              "trainer": {"run_dir": str(tmp_path / "run"), "batch_tokens": 128, "micro_batch_size": 4, "max_steps": 1}}
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_run(token_data, tmp_path / "run")))
     err = one_line_error(capsys, ["train", str(tmp_path / "c.yaml"), "--parallel.prefetch_batches=-1"])
     assert "parallel.prefetch_batches" in err and "must be ≥ 0" in err
 
@@ -138,11 +130,7 @@ def test_a_run_written_before_new_config_fields_still_resumes(token_data, tmp_pa
     rule): they count as their defaults, so the run resumes instead of being refused."""
     import shutil
 
-    config = RunConfig.from_dict({
-        "model": {"vocab_size": 512, "d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden": 64},
-        "data": {"train": [str(token_data / "train")], "seq_len": 32},
-        "trainer": {"run_dir": str(tmp_path / "run"), "batch_tokens": 128, "micro_batch_size": 4,
-                    "max_steps": 2, "checkpoint_every": 1}})
+    config = RunConfig.from_dict(tiny_run(token_data, tmp_path / "run"))
     Trainer(config).fit()
     # as if it had crashed after step 1, written by an lmforge without the early spike rule
     checkpoints = tmp_path / "run" / "checkpoints"

@@ -12,37 +12,23 @@ from typing import Any, Literal
 
 from lmforge.config import Config, require
 from lmforge.curate.steps import Step, build_step
-from lmforge.data.split import ValidationSplit, check_split_options, without_unset_split
+from lmforge.data.split import SplitOptions
 
 
 @dataclass(kw_only=True)
-class TokenizeConfig(Config):
-    """Tokenize the kept documents as the pipeline's last step (`data tokenize`'s format)."""
+class TokenizeConfig(SplitOptions):
+    """Tokenize the kept documents as the pipeline's last step (`data tokenize`'s format). With
+    `validation` or `validation_docs`, `out/train` and `out/val` are written instead of `out`,
+    byte for byte what `lmforge data tokenize OUTPUT/documents --validation F` writes."""
 
     tokenizer: str
     """A known name such as olmo2, or a tokenizer.json / folder."""
     out: Path | None = None
     """The token folder to write. None: OUTPUT/tokens."""
-    validation: float | None = None
-    """Hold out this fraction of the kept documents (by a seeded hash of each id, `lmforge.data.split`):
-    `out/train` and `out/val` are written instead of `out`, byte for byte what `lmforge data tokenize
-    OUTPUT/documents --validation F` writes."""
-    validation_docs: int | None = None
-    """Hold out exactly this many documents (the smallest seeded id hashes) instead of a fraction."""
-    validation_seed: int = 0
-    """Seed of the split's id hash."""
 
     def validate(self) -> None:
         require(bool(self.tokenizer), "tokenizer", "name a tokenizer (olmo2, or a tokenizer.json / folder)")
-        check_split_options(self.validation, self.validation_docs, ("validation", "validation_docs"))
-
-    @property
-    def split(self) -> ValidationSplit | None:
-        return ValidationSplit.of(self.validation, self.validation_docs, self.validation_seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """As `Config.to_dict`, leaving out the split options when unset (`split.without_unset_split`)."""
-        return without_unset_split(super().to_dict())
+        self.check_split()
 
 
 DEFAULT_SHARD_DOCS = 5_000

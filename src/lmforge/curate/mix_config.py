@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lmforge.config import Config, require
-from lmforge.data.split import ValidationSplit, check_split_options, without_unset_split
+from lmforge.data.split import SplitOptions
 
 PROPORTION_TOLERANCE = 1e-6
 
@@ -36,8 +35,11 @@ class MixSource(Config):
 
 
 @dataclass(kw_only=True)
-class MixConfig(Config):
-    """Mix several document sources into one corpus with given token proportions."""
+class MixConfig(SplitOptions):
+    """Mix several document sources into one corpus with given token proportions. With
+    `validation` or `validation_docs` the held-out documents' rows (every copy of them) go to
+    `output/val/`, the rest to `output/train/`; the split's seed is independent of `seed`, which
+    picks and orders documents."""
 
     sources: list[MixSource]
     """The inputs and their shares of the output's tokens."""
@@ -58,14 +60,6 @@ class MixConfig(Config):
     file (not gzip, truncated) with a one-line `file:line: reason` error. False: they are skipped,
     listed in `output/rejects.jsonl` ({file, line (null for a whole file), reason}), counted in
     mix.json (`rejected_lines`, `skipped_files`) and summed up in one warning line."""
-    validation: float | None = None
-    """Hold out this fraction of the mix's documents (by a seeded hash of each document's id,
-    `lmforge.data.split`, the rule `data tokenize --validation` uses): their rows, every copy of
-    them, go to `output/val/`, the rest to `output/train/`."""
-    validation_docs: int | None = None
-    """Hold out exactly this many of the selected documents (the smallest seeded id hashes)."""
-    validation_seed: int = 0
-    """Seed of the split's id hash (independent of `seed`, which picks and orders documents)."""
 
     def validate(self) -> None:
         require(len(self.sources) > 0, "sources", "name at least one source")
@@ -85,15 +79,7 @@ class MixConfig(Config):
         require(self.total_tokens is None or self.total_tokens > 0, "total_tokens", "must be > 0 (or null)")
         require(math.isfinite(self.max_repeats) and self.max_repeats >= 1, "max_repeats", "must be >= 1")
         require(math.isfinite(self.shard_size_mb) and self.shard_size_mb > 0, "shard_size_mb", "must be > 0")
-        check_split_options(self.validation, self.validation_docs, ("validation", "validation_docs"))
-
-    @property
-    def split(self) -> ValidationSplit | None:
-        return ValidationSplit.of(self.validation, self.validation_docs, self.validation_seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """As `Config.to_dict`, leaving out the split options when unset (`split.without_unset_split`)."""
-        return without_unset_split(super().to_dict())
+        self.check_split()
 
     @property
     def shard_bytes(self) -> int:

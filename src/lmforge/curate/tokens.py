@@ -32,7 +32,8 @@ from lmforge.curate.steps import CurateDocument
 from lmforge.data.split import ValidationSplit
 from lmforge.data.split_tokens import SourcePart, route, warn_split, write_split_meta
 from lmforge.data.token_files import token_dtype
-from lmforge.data.tokenize import CHUNK_BYTES, PartWriter, encode_texts, id_hash, warn_duplicates, write_meta
+from lmforge.data.token_parts import PartWriter, id_hash, warn_duplicates, write_meta
+from lmforge.data.tokenize import CHUNK_BYTES, encode_texts
 from lmforge.data.tokenizer import Tokenizer, load_tokenizer
 from lmforge.errors import ConfigError
 from lmforge.fsutil import staged_folder

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.config import Config
 from lmforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -136,3 +137,30 @@ class ValidationSplit:
         """The `split` entry of a side's token meta.json: which side it is, the options, and both
         sides' counts (so either folder tells the whole split)."""
         return {"side": side, **self.describe(), "documents": documents, "tokens": tokens}
+
+
+@dataclass(kw_only=True)
+class SplitOptions(Config):
+    """The split options of a config that writes data (curate's `tokenize:`, a mix): a base
+    class, so each writer has the same fields, checks and saved form. Where the held-out
+    documents go is the writer's to say in its own docstring."""
+
+    validation: float | None = None
+    """Hold out this fraction of the documents, by a seeded hash of each id (`lmforge.data.split`,
+    the rule `data tokenize --validation` uses)."""
+    validation_docs: int | None = None
+    """Hold out exactly this many documents (the smallest seeded id hashes) instead of a fraction."""
+    validation_seed: int = 0
+    """Seed of the split's id hash."""
+
+    def check_split(self) -> None:
+        """Called from the subclass's `validate()`."""
+        check_split_options(self.validation, self.validation_docs, ("validation", "validation_docs"))
+
+    @property
+    def split(self) -> ValidationSplit | None:
+        return ValidationSplit.of(self.validation, self.validation_docs, self.validation_seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As `Config.to_dict`, leaving out the split options when unset (`without_unset_split`)."""
+        return without_unset_split(super().to_dict())

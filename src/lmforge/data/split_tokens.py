@@ -11,7 +11,7 @@ need a global view; a fraction decides document by document.
 
 Each side is an ordinary token folder: parts numbered in the order of the parts they come from,
 one per source part with documents on that side (as `data tokenize` numbers its input files),
-each side's meta.json written by `tokenize.write_meta` with a `split` entry. So OUT/train holds
+each side's meta.json written by `token_parts.write_meta` with a `split` entry. So OUT/train holds
 the bytes `data tokenize` would write for the train documents alone, and the two writers, given
 the same parts in the same order, write the same bytes.
 """
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.data.split import SIDES, TRAIN, VAL, ValidationSplit, split_key
-from lmforge.data.tokenize import PartWriter, id_hash, warn_duplicates, write_meta
+from lmforge.data.token_parts import PartWriter, id_hash, warn_duplicates, write_meta
 from lmforge.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

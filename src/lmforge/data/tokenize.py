@@ -22,10 +22,6 @@ order inputs are named in, on sharding of the work or on the number of workers.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
-import io
 import json
 import logging
 import multiprocessing as mp
@@ -39,7 +35,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lmforge import __version__
 from lmforge.data.documents import (
     READ_ERRORS,
     TEXT_SUFFIXES,
@@ -52,7 +47,9 @@ from lmforge.data.documents import (
     text_document,
 )
 from lmforge.data.split import SIDES, TRAIN, ValidationSplit
-from lmforge.data.token_files import FORMAT, META_FILE, token_dtype
+from lmforge.data.split_tokens import SourcePart, route, write_split_meta
+from lmforge.data.token_files import META_FILE, token_dtype
+from lmforge.data.token_parts import PartWriter, id_hash, warn_duplicates, write_meta
 from lmforge.data.tokenizer import Tokenizer, load_tokenizer
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import staged_folder
@@ -89,10 +86,6 @@ class EncodedChunk:
     input_pos: int  # bytes of the input files consumed once this chunk is done (for progress)
     id_hashes: np.ndarray  # 64-bit hash of each id, to count duplicates without holding the ids
     rejects: list[BadInput]  # bad lines (and the unreadable file) of this chunk, in order
-
-
-def id_hash(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -198,62 +191,6 @@ def _chunks(files: list[Path], strict: bool) -> Iterator[WorkItem]:
         done += size_on_disk
 
 
-class PartWriter:
-    """Writes one part of a token folder: `NAME.npy` (the ids, `dtype`) and `NAME.csv.gz` (the
-    document index), each under `NAME.<ext><suffix>` while open. The gzip header holds no file
-    name and no time, so a part's bytes depend only on its documents (whatever it is named,
-    whenever it is written). `close()` returns the part's meta.json entry."""
-
-    def __init__(self, folder: Path, name: str, dtype: np.dtype, source_file: str, suffix: str = ""):
-        self.folder, self.name, self.dtype, self.source_file, self.suffix = folder, name, dtype, source_file, suffix
-        self.tokens = open(folder / f"{name}.npy{suffix}", "wb")
-        self.docs_file = open(folder / f"{name}.csv.gz{suffix}", "wb")
-        self.docs_raw = gzip.GzipFile(filename="", mode="wb", fileobj=self.docs_file, mtime=0)
-        self.docs_text = io.TextIOWrapper(self.docs_raw, encoding="utf-8", newline="")
-        self.docs = csv.writer(self.docs_text)
-        self.docs.writerow(["start", "end", "id", "source"])
-        self.num_tokens = 0
-        self.num_documents = 0
-        self.hash = hashlib.blake2b(digest_size=16)
-
-    def write(self, chunk: EncodedChunk) -> None:
-        self.add(chunk.tokens, chunk.lengths, chunk.ids, chunk.sources)
-
-    def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[str], sources: list[str]) -> None:
-        """Documents encoded by `encode_texts`, with their ids and sources."""
-        data = tokens.astype(self.dtype).tobytes()
-        self.tokens.write(data)
-        self.hash.update(data)
-        start = self.num_tokens
-        for doc_id, source, length in zip(ids, sources, lengths.tolist()):
-            self.docs.writerow([start, start + length, doc_id, source])
-            start += length + 1
-        self.num_tokens += len(tokens)
-        self.num_documents += len(ids)
-
-    def close(self, *, fsync: bool = False) -> dict:
-        self.docs_text.close()  # closes the GzipFile (writing its trailer), not docs_file
-        for f in (self.tokens, self.docs_file):
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-            f.close()
-        return {
-            "tokens": f"{self.name}.npy",
-            "documents": f"{self.name}.csv.gz",
-            "num_tokens": self.num_tokens,
-            "num_documents": self.num_documents,
-            "source_file": self.source_file,
-            "hash": self.hash.hexdigest(),
-        }
-
-    def abort(self) -> None:
-        for f in (self.tokens, self.docs_file):
-            f.close()
-        for ext in ("npy", "csv.gz"):
-            (self.folder / f"{self.name}.{ext}{self.suffix}").unlink(missing_ok=True)
-
-
 def tokenize(
     inputs: list[str | Path],
     tokenizer: str | Path | Tokenizer,
@@ -350,7 +287,6 @@ def _split(
     """Route the scratch folder's parts into staging/train and staging/val, each with the run's
     rejects and meta.json (`facts`: the run's input counts, the same on both sides); the scratch
     folder is deleted."""
-    from lmforge.data.split_tokens import SourcePart, route, write_split_meta  # it imports this module
 
     sources = [SourcePart(work / p["tokens"], work / p["documents"], p["num_tokens"], p["source_file"]) for p in parts]
     sides = route(sources, validation, staging, token_dtype(tok.vocab_size))
@@ -361,70 +297,8 @@ def _split(
     return write_split_meta(sides, validation, tok, facts)
 
 
-def write_meta(
-    folder: Path, tok: Tokenizer, parts: list[dict], id_hashes: np.ndarray, *, seconds: float, input_bytes: int,
-    text_bytes: int, rejected_lines: int, skipped_files: int, split: dict | None = None,
-) -> tuple[dict, list[str]]:
-    """Write `folder/meta.json` for the parts already in `folder` (in stream order); returns it and a few repeated ids.
-    Shared by `data tokenize` and a curate pipeline's `tokenize:` so both write one format. `split`: the
-    side's record when the folder is one side of a validation split (`split.ValidationSplit.record`)."""
-    duplicates, examples = _duplicate_ids(folder, parts, id_hashes)
-    meta = {
-        "format": FORMAT,
-        "dtype": token_dtype(tok.vocab_size).name,
-        "num_tokens": sum(p["num_tokens"] for p in parts),
-        "num_documents": sum(p["num_documents"] for p in parts),
-        "fingerprint": hashlib.sha256("".join(p["hash"] for p in parts).encode()).hexdigest()[:16],
-        "tokenizer": {
-            "name": tok.name,
-            "fingerprint": tok.fingerprint,
-            "vocab_size": tok.vocab_size,
-            "eos_token_id": tok.eos_token_id,
-        },
-        "parts": parts,
-        "created_by": f"lmforge {__version__}",
-        "seconds": round(seconds, 3),
-        "input_bytes": input_bytes,
-        "text_bytes": text_bytes,
-        "rejected_lines": rejected_lines,
-        "skipped_files": skipped_files,
-        "duplicate_ids": duplicates,
-    }
-    if split is not None:
-        meta["split"] = split
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return meta, examples
-
-
-def warn_duplicates(out_dir: Path, meta: dict, examples: list[str]) -> None:
-    duplicates = meta["duplicate_ids"]
-    if duplicates:
-        shown = ", ".join(map(repr, examples)) + (", …" if len(examples) < duplicates else "")
-        log.warning(
-            f"{out_dir}: {duplicates} documents reuse an id already seen in this folder ({shown}); "
-            "which documents a step saw will be ambiguous for those ids"
-        )
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _duplicate_ids(folder: Path, parts: list[dict], id_hashes: np.ndarray, show: int = 5) -> tuple[int, list[str]]:
-    """How many documents repeat an earlier document's id, and the first few such ids. Hashes
-    find candidates cheaply; the ids themselves are then read back from the document index."""
-    s = np.sort(id_hashes)
-    candidates = set(np.unique(s[1:][s[1:] == s[:-1]]).tolist())
-    if not candidates:
-        return 0, []
-    counts: dict[str, int] = {}
-    for part in parts:
-        with gzip.open(folder / part["documents"], "rt", newline="") as f:
-            for row in csv.DictReader(f):
-                if id_hash(row["id"]) in candidates:
-                    counts[row["id"]] = counts.get(row["id"], 0) + 1
-    repeated = [doc_id for doc_id, n in counts.items() if n > 1]
-    return sum(counts[i] - 1 for i in repeated), repeated[:show]
 
 
 def _run(
@@ -458,7 +332,7 @@ def _run(
                     parts.append(writer.close())
                 writer = PartWriter(staging, f"part-{len(parts):05d}", dtype, chunk.path)
             if chunk.ids:
-                writer.write(chunk)
+                writer.add(chunk.tokens, chunk.lengths, chunk.ids, chunk.sources)
             bar.update(chunk.input_pos - bar.n)
             text_bytes += chunk.text_bytes
         if writer is not None:
