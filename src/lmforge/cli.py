@@ -178,28 +178,14 @@ def cmd_soup(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze_spikes(args: argparse.Namespace) -> None:
-    from lmforge.analysis.spikes import headline, plot_spikes, rules_line, spike_reason, spike_report
+    from lmforge.analysis.spikes import format_report, plot_spikes, spike_report
 
     report = spike_report(args.run, top=args.top)
     if args.json:
         print(json.dumps(report, indent=1))
         return
-    print(headline(report, args.run))
-    if (line := rules_line(report)) is not None:
-        print(f"  {line}")
-    for spike in report["spikes"] or []:
-        what = ", ".join(f"{k} {spike_reason(v)}" for k, v in spike["spiked"].items())
-        print(f"  step {spike['step']}: {what}{' — skipped' if spike['skipped'] else ''}")
-    if report["judged_by"] == "offline" and report["spikes"]:
-        print(f"  (judged offline: no documents; `lmforge inspect-batch {args.run} --step N` shows a step's batch)")
-    if report["documents"]:
-        print("documents with the most loss in spiking batches:")
-        print(f"  {'id':<40} {'source':<14} {'tokens':>7} {'loss sum':>10} {'mean loss':>9}  spikes")
-        for d in report["documents"]:
-            print(f"  {d['id']:<40} {d['source']:<14} {d['tokens']:>7} {d['loss_sum']:>10.1f} {d['mean_loss']:>9.3f}"
-                  f"  {','.join(map(str, d['spikes']))}")
+    print(format_report(report, args.run))
     print(f"wrote {plot_spikes(args.run, report['spikes'], args.out, stretches=report['stretches'])}")
-
 
 
 def cmd_analyze_coord_check(args: argparse.Namespace) -> None:

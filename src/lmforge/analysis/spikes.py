@@ -178,6 +178,26 @@ def rules_line(report: dict[str, Any]) -> str | None:
     return "judged: " + "; ".join(f"steps {format_steps([[s['first'], s['last']]])} by {s['why']}" for s in judged)
 
 
+def format_report(report: dict[str, Any], run: str) -> str:
+    """What `lmforge analyze spikes RUN` prints: the headline (with the steps not judged), which
+    rule judged which steps, each spike, and the documents with the most loss in spiking batches."""
+    lines = [headline(report, run)]
+    if (line := rules_line(report)) is not None:
+        lines.append(f"  {line}")
+    for spike in report["spikes"] or []:
+        what = ", ".join(f"{k} {spike_reason(v)}" for k, v in spike["spiked"].items())
+        lines.append(f"  step {spike['step']}: {what}{' — skipped' if spike['skipped'] else ''}")
+    if report["judged_by"] == "offline" and report["spikes"]:
+        lines.append(f"  (judged offline: no documents; `lmforge inspect-batch {run} --step N` shows a step's batch)")
+    if report["documents"]:
+        lines.append("documents with the most loss in spiking batches:")
+        lines.append(f"  {'id':<40} {'source':<14} {'tokens':>7} {'loss sum':>10} {'mean loss':>9}  spikes")
+        for d in report["documents"]:
+            lines.append(f"  {d['id']:<40} {d['source']:<14} {d['tokens']:>7} {d['loss_sum']:>10.1f} "
+                         f"{d['mean_loss']:>9.3f}  {','.join(map(str, d['spikes']))}")
+    return "\n".join(lines)
+
+
 def plot_spikes(run_dir: str | Path, spikes: list[dict[str, Any]] | None, out: str | Path | None = None,
                 stretches: list[dict[str, Any]] | None = None) -> Path:
     """Loss and grad norm against steps, spikes marked, the steps no rule judged shaded grey

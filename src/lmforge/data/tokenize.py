@@ -47,7 +47,7 @@ from lmforge.data.documents import (
     text_document,
 )
 from lmforge.data.split import SIDES, TRAIN, ValidationSplit
-from lmforge.data.split_tokens import SourcePart, route, write_split_meta
+from lmforge.data.split_tokens import SourcePart, route, warn_split, write_split_meta
 from lmforge.data.token_files import META_FILE, token_dtype
 from lmforge.data.token_parts import PartWriter, id_hash, warn_duplicates, write_meta
 from lmforge.data.tokenizer import Tokenizer, load_tokenizer
@@ -249,8 +249,6 @@ def tokenize(
             meta, examples = write_meta(staging, tok, parts, id_hashes, seconds=time.perf_counter() - start_time,
                                         **facts)  # fmt: skip
     if validation is not None:
-        from lmforge.data.split_tokens import warn_split  # it imports this module
-
         warn_split(out_dir, written)
     else:
         warn_duplicates(out_dir, meta, examples)
