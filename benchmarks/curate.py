@@ -4,7 +4,11 @@
 The web chain (`--chain web`, FineWeb's order): language ID (fastText lid.176, English above
 0.65) → Gopher repetition → Gopher quality → C4 quality without the terminal-punctuation rule →
 FineWeb quality → MinHash dedup (5-grams, 14 bands × 8 rows, seed 1) → PII masking (e-mails and
-public IPs). `--chain filters` drops language ID and PII.
+public IPs). `--chain filters` drops language ID and PII. `--chain quality` is the web chain
+with a fastText quality classifier after the FineWeb filters (`classifier`, keep hq >= 0.5; for
+datatrove its `FastTextClassifierFilter` with the same model file): a small hq-vs-web model
+trained before the rounds on the Python documentation (pydoc_data) against other generated web
+pages, with lmforge's `train_supervised`.
 
     .venv/bin/python benchmarks/curate.py [--chain web] [--docs 20000] [--files 8] [--workers 2] [--repeats 3]
     .venv/bin/python benchmarks/curate.py --corpus FOLDER     # time your own *.jsonl.gz files instead
@@ -65,13 +69,35 @@ LANGUAGES, LANGUAGE_THRESHOLD = ["en"], 0.65
 # One string each, so datatrove's across-documents cycling and ours within a document agree.
 EMAIL_REPLACEMENT, IP_REPLACEMENT = "email@example.com", "22.214.171.124"
 LID_URL = "https://dl.fbaipublicfiles.com/fasttext/supervised-models/lid.176.bin"  # datatrove's ft176 asset
+KEEP_HQ = 0.5  # the quality chain's classifier threshold
 
 
-def run_lmforge(corpus: Path, out: Path, workers: int, chain: str) -> None:
+def train_quality_model(folder: Path) -> Path:
+    """A small hq-vs-web fastText model: paragraphs of the Python documentation against generated
+    web pages (another seed than the timed corpus)."""
+    from pydoc_data.topics import topics
+    from web_corpus import build_web_corpus
+
+    from lmforge.curate.fasttext_model import train_supervised
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paragraphs = [p for _, t in sorted(topics.items()) for p in t.split("\n\n") if len(p.split()) >= 12]
+    lines = [f"__label__hq {' '.join(p.split())}" for p in paragraphs]
+    lines += [f"__label__cc {' '.join(d['text'].split())}" for d in build_web_corpus(n_docs=2_000, seed=99).documents]
+    lines = [lines[i] for i in sorted(range(len(lines)), key=lambda i: (i * 2654435761) % (1 << 32))]
+    (folder / "train.txt").write_text("\n".join(lines) + "\n")
+    model = train_supervised(folder / "train.txt", dim=32, epoch=10, bucket=200_000, wordNgrams=2, minCount=1,
+                             thread=1, verbose=0)  # fmt: skip
+    model.save_model(str(folder / "model.bin"))
+    return folder / "model.bin"
+
+
+def run_lmforge(corpus: Path, out: Path, workers: int, chain: str, classifier: str | None = None) -> None:
     from lmforge.curate.pipeline import CurateConfig, curate
 
-    steps: list[dict] = [*FILTER_STEPS, {"minhash_dedup": MINHASH}]
-    if chain == "web":
+    quality = [{"classifier": {"model_file": classifier, "label": "hq", "keep_above": KEEP_HQ}}] if classifier else []
+    steps: list[dict] = [*FILTER_STEPS, *quality, {"minhash_dedup": MINHASH}]
+    if chain in ("web", "quality"):
         language = {"language": {"languages": LANGUAGES, "threshold": LANGUAGE_THRESHOLD}}
         pii = {"pii": {"email_replacement": [EMAIL_REPLACEMENT], "ip_replacement": [IP_REPLACEMENT]}}
         steps = [language, *steps, pii]
@@ -93,7 +119,7 @@ def stage_lid_model(model: Path) -> None:
         Path(f"{target}.completed").touch()
 
 
-def run_datatrove(corpus: Path, out: Path, workers: int, files: int, chain: str) -> None:
+def run_datatrove(corpus: Path, out: Path, workers: int, files: int, chain: str, classifier: str | None = None) -> None:
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
         MinhashConfig,
@@ -104,6 +130,7 @@ def run_datatrove(corpus: Path, out: Path, workers: int, files: int, chain: str)
     )
     from datatrove.pipeline.filters import (
         C4QualityFilter,
+        FastTextClassifierFilter,
         FineWebQualityFilter,
         GopherQualityFilter,
         GopherRepetitionFilter,
@@ -113,7 +140,8 @@ def run_datatrove(corpus: Path, out: Path, workers: int, files: int, chain: str)
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    web = chain == "web"
+    web = chain in ("web", "quality")
+    quality = [FastTextClassifierFilter(classifier, keep_labels=("hq", KEEP_HQ))] if classifier else []
     mh = MinhashConfig(n_grams=MINHASH["ngram"], num_buckets=MINHASH["bands"], hashes_per_bucket=MINHASH["rows"],
                        seed=MINHASH["seed"])  # fmt: skip
     language = [LanguageFilter(languages=LANGUAGES, language_threshold=LANGUAGE_THRESHOLD)] if web else []
@@ -127,6 +155,7 @@ def run_datatrove(corpus: Path, out: Path, workers: int, files: int, chain: str)
             GopherQualityFilter(),
             C4QualityFilter(filter_no_terminal_punct=False),
             FineWebQualityFilter(),
+            *quality,
             JsonlWriter(str(out / "filtered")),
             MinhashDedupSignature(output_folder=str(out / "signatures"), config=mh),
         ],
@@ -274,7 +303,7 @@ def compare_workers(args: argparse.Namespace, tmp: Path, n_docs: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chain", choices=["web", "filters"], default="web")
+    ap.add_argument("--chain", choices=["web", "filters", "quality"], default="web")
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
@@ -287,14 +316,15 @@ def main() -> None:
     ap.add_argument("--_corpus", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     ap.add_argument("--_model", help=argparse.SUPPRESS)
+    ap.add_argument("--_classifier", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._run:  # one timed run, in its own process
         if args._run == "lmforge":
-            run_lmforge(Path(args._corpus), Path(args._out), args.workers, args.chain)
+            run_lmforge(Path(args._corpus), Path(args._out), args.workers, args.chain, args._classifier)
         else:
-            if args.chain == "web":
+            if args.chain != "filters":
                 stage_lid_model(Path(args._model))
-            run_datatrove(Path(args._corpus), Path(args._out), args.workers, args.files, args.chain)
+            run_datatrove(Path(args._corpus), Path(args._out), args.workers, args.files, args.chain, args._classifier)
         return
 
     # The generated corpora live with the tests (test data, not part of the package).
@@ -312,11 +342,13 @@ def main() -> None:
         (tmp / "corpus").symlink_to(args.corpus.resolve(), target_is_directory=True)
         args.files = len(files)
     else:
-        build = build_web_corpus if args.chain == "web" else build_sample_corpus
+        build = build_sample_corpus if args.chain == "filters" else build_web_corpus
         write_sample_corpus(build(n_docs=args.docs, seed=args.seed), tmp / "corpus", n_files=args.files)
     original = {row["id"]: row["text"] for rows in _rows(tmp / "corpus") for row in rows}
     n_docs = len(original)
     if args.compare_workers:
+        if args.chain == "quality":
+            sys.exit("--compare-workers times the web or filters chain")
         print(f"corpus: {n_docs:,} documents in {args.files} files, {args.chain} chain, lmforge with "
               f"{args.compare_workers} workers, {args.repeats} rounds")  # fmt: skip
         compare_workers(args, tmp, n_docs)
@@ -326,7 +358,8 @@ def main() -> None:
     # datatrove's asset cache, pointed at a private folder so its lid.176 "download" is our file
     # and the user's own cache is not touched.
     peer_env = {**os.environ, "HF_ASSETS_CACHE": str(tmp / "datatrove-assets")}
-    model = fetch_lid176() if args.chain == "web" else None
+    model = fetch_lid176() if args.chain != "filters" else None
+    classifier = train_quality_model(tmp / "classifier") if args.chain == "quality" else None
     checks: list[dict] = []
     counter = iter(range(10_000))
 
@@ -335,7 +368,7 @@ def main() -> None:
             out = tmp / f"{tool}-{next(counter)}"
             cmd = [sys.executable, __file__, "--_run", tool, "--_corpus", str(tmp / "corpus"), "--_out", str(out),
                    "--workers", str(args.workers), "--files", str(args.files), "--chain", args.chain,
-                   "--_model", str(model)]  # fmt: skip
+                   "--_model", str(model), *(["--_classifier", str(classifier)] if classifier else [])]  # fmt: skip
             start = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env=peer_env if tool == "datatrove" else None)  # fmt: skip
@@ -364,7 +397,7 @@ def main() -> None:
     source = f"--corpus {args.corpus}" if args.corpus is not None else f"--docs {args.docs} --files {args.files}"
     command = (f".venv/bin/python benchmarks/curate.py --chain {args.chain} {source} --workers {args.workers} "
                f"--repeats {args.repeats}")  # fmt: skip
-    report("curate" if args.chain == "web" else "curate-filters", results, unit="docs/s", ours="lmforge",
+    report("curate" if args.chain == "web" else f"curate-{args.chain}", results, unit="docs/s", ours="lmforge",
            peer="datatrove", command=command, extra={"documents": n_docs, "chain": args.chain, "checks": checks})  # fmt: skip
     keys = ("filters_kept_equal", "minhash_clusters_equal", "texts_equal")
     if not all(c[k] for c in checks for k in keys):

@@ -225,7 +225,7 @@ def test_minhash_signatures_equal_datatrove(corpus):
 
     docs = [d for d in corpus.documents[:300] if len(d["text"].split()) > 10]
     words = SpacyWords()
-    ours = minhash_signatures([step.signature(CurateDocument(d["id"], d["text"], "s", {}, words))[1] for d in docs],
+    ours = minhash_signatures([step.signature(CurateDocument(d["id"], d["text"], "s", {}, words), 0)[1] for d in docs],
                               step._a, step._b)  # fmt: skip
     for row, d in zip(ours, docs):
         sh = theirs.get_shingles(d["text"])

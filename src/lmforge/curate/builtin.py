@@ -1,3 +1,3 @@
 """Importing this module registers lmforge's built-in curation steps."""
 
-from lmforge.curate import decontam, dedup, filters, language, minhash, paragraphs, pii  # noqa: F401
+from lmforge.curate import classifier, decontam, dedup, filters, language, minhash, paragraphs, pii, select  # noqa: F401

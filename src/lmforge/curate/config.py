@@ -13,6 +13,7 @@ from typing import Any, Literal
 from lmforge.config import Config, require
 from lmforge.curate.steps import Step, build_step
 from lmforge.data.split import SplitOptions
+from lmforge.errors import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -97,7 +98,13 @@ class CurateConfig(Config):
         self.built_steps = [build_step(spec, f"steps[{i}]") for i, spec in enumerate(self.steps)]
         labels = [s.label for s in self.built_steps]
         dup = [lb for lb, n in Counter(labels).items() if n > 1]
-        require(not dup, "steps", f"step label {dup[:1]} is used twice; give one a `label: <name>` option")
+        require(not dup, "steps", f"step label {dup[:1]} is used twice; give one a `label: <name>` option "
+                "(`step_label: <name>` for a classifier)")
+        for i, step in enumerate(self.built_steps):
+            try:
+                step.check_pipeline(self.built_steps[:i])
+            except ConfigError as e:
+                raise ConfigError(f"steps[{i}].{step.name}.{e}") from None
 
     def output_affecting(self) -> dict[str, Any]:
         """The parts of the config that change what is written (not how fast)."""

@@ -32,7 +32,7 @@ class ExactDedupConfig(Config):
 class ExactDedup(GlobalStep[ExactDedupConfig]):
     Config = ExactDedupConfig
 
-    def signature(self, doc: CurateDocument) -> Any:
+    def signature(self, doc: CurateDocument, tokens: int) -> Any:
         c = self.config
         text = doc.text
         if c.unicode_nfkc:
@@ -79,7 +79,7 @@ def normalise_url(url: str) -> str | None:
 class UrlDedup(GlobalStep[UrlDedupConfig]):
     Config = UrlDedupConfig
 
-    def signature(self, doc: CurateDocument) -> Any:
+    def signature(self, doc: CurateDocument, tokens: int) -> Any:
         url = doc.metadata.get(self.config.url_field)
         return doc.id, normalise_url(url) if isinstance(url, str) and url.strip() else None
 

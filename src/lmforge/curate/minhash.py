@@ -123,7 +123,7 @@ class MinHashDedup(GlobalStep[MinHashConfig]):
         c = self.config
         self._a, self._b = hash_parameters(c.bands * c.rows, c.seed)
 
-    def signature(self, doc: CurateDocument) -> Any:
+    def signature(self, doc: CurateDocument, tokens: int) -> Any:
         words = doc.split_words(simplify(doc.text))
         return doc.id, shingle_hashes(words, self.config.ngram)
 

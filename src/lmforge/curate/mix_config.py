@@ -4,10 +4,11 @@ much to write where (the semantics are in `lmforge.curate.mix`'s docstring)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.config import Config, require
+from lmforge.curate.select import SelectConfig
 from lmforge.data.split import SplitOptions
 
 PROPORTION_TOLERANCE = 1e-6
@@ -23,6 +24,10 @@ class MixSource(Config):
     """Files or folders of dolma JSONL (.jsonl, .jsonl.gz, .jsonl.zst; .txt = one document)."""
     proportion: float
     """Share of the output's tokens, in (0, 1]; all sources' proportions sum to 1."""
+    select: list[SelectConfig] = field(default_factory=list)
+    """Conditions on a document's scores, all of which it must meet to be in the source (a
+    `select` step's each: `{attribute: hq_score, top_fraction: 0.07}`, `{attribute: …, min_score:
+    2}`), computed over the whole source; see `lmforge.curate.mix_attributes`."""
 
     def validate(self) -> None:
         require(bool(self.name.strip()), "name", "must not be empty")

@@ -5,6 +5,7 @@ documents back with (`iter_records`, `parse_record`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from array import array
 from collections.abc import Callable, Iterator
@@ -13,8 +14,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lmforge.curate.mix_attributes import (
+    AttributeRows,
+    document_attributes,
+    eligible,
+    nan_if_none,
+    score_of,
+    selection_summary,
+)
 from lmforge.curate.mix_config import MixConfig
 from lmforge.curate.mix_select import SourceIndex, doc_hash, seed_key
+from lmforge.curate.select import SelectConfig
 from lmforge.data.documents import (
     READ_ERRORS,
     TEXT_SUFFIXES,
@@ -122,8 +132,10 @@ def count_sources(
             tokens, est, hashes, file_docs, file_skips = array("q"), array("q"), array("Q"), [], []
             keys = array("Q")  # split keys, with a held-out split
             texts: list[str] = []
+            scoring = _Scores(source.select) if source.select else None
             for path in source_files:
                 n_before = len(hashes)
+                rows = AttributeRows(path) if scoring is not None else None
 
                 def report(pos: int, base: int = done) -> None:
                     bar.update(base + pos - bar.n)
@@ -142,6 +154,8 @@ def count_sources(
                         keys.append(split_key(doc.id, split.seed))
                     est.append(len(payload) + 1)
                     texts.append(doc.text)
+                    if scoring is not None:
+                        scoring.add(doc, line_no, document_attributes(doc, rows, line_no))
                     if len(texts) >= _BATCH:
                         tokens.extend(counter.batch(texts))
                         texts.clear()
@@ -163,8 +177,48 @@ def count_sources(
                 offset=offset,
                 split_keys=np.array(keys, dtype=np.uint64) if split is not None else None,
             )
+            if scoring is not None:
+                index = scoring.apply(index, key, f"sources[{len(indexes)}] ({source.name})")
             offset += index.n_docs
             indexes.append(index)
     finally:
         bar.close()
     return indexes
+
+
+class _Scores:
+    """What counting keeps of a source with `select:` conditions, per document: its id, line
+    number and each condition's score; `apply` then leaves out the documents that fail."""
+
+    def __init__(self, conditions: list[SelectConfig]):
+        self.conditions = conditions
+        self.ids: list[str] = []
+        self.lines = array("q")
+        self.values = [array("d") for _ in conditions]
+
+    def add(self, doc: Document, line_no: int, attributes: dict) -> None:
+        self.ids.append(doc.id)
+        self.lines.append(line_no)
+        for cond, values in zip(self.conditions, self.values):
+            values.append(nan_if_none(score_of(attributes, cond.attribute)))
+
+    def apply(self, index: SourceIndex, key: bytes, where: str) -> SourceIndex:
+        """The source without the documents that fail a condition: they join its files' skipped
+        lines (so gathering passes them over) and positions, hence hashes, count the rest only."""
+        ids = np.array(self.ids, dtype=np.str_)
+        scores = [np.frombuffer(v, dtype=np.float64) for v in self.values]
+        keep, conditions = eligible(self.conditions, scores, ids, index.tokens, where)
+        lines = np.frombuffer(self.lines, dtype=np.int64)
+        skips, docs, start = [], [], 0
+        for n, skip in zip(index.file_docs, index.file_skips):
+            part = slice(start, start + n)
+            skips.append(skip | frozenset(lines[part][~keep[part]].tolist()))
+            docs.append(int(keep[part].sum()))
+            start += n
+        kept_ids = [self.ids[i] for i in np.flatnonzero(keep)]
+        hashes = np.fromiter((doc_hash(key, index.name, d, i) for i, d in enumerate(kept_ids)), dtype=np.uint64,
+                             count=len(kept_ids))  # fmt: skip
+        return dataclasses.replace(
+            index, file_docs=docs, file_skips=skips, tokens=index.tokens[keep], est_bytes=index.est_bytes[keep],
+            hashes=hashes, split_keys=index.split_keys[keep] if index.split_keys is not None else None,
+            selection=selection_summary(keep, index.tokens, conditions))  # fmt: skip

@@ -38,6 +38,7 @@ def build_report(
                 "achieved_proportion": sel.selected_tokens / selected_total if selected_total else 0.0,
                 "repeat_factor": sel.selected_tokens / available,
                 "full_copies": sel.full_copies,
+                **({"select": index.selection} if index.selection is not None else {}),
             }
         )
     return {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,7 @@ class SourceIndex:
     offset: int = 0  # global index of its first document
     file_skips: list[frozenset[int]] = field(default_factory=list)  # per file: rejected line numbers
     split_keys: np.ndarray | None = None  # uint64, per document: `split.split_key` of its id (with a split)
+    selection: dict[str, Any] | None = None  # with `select:` conditions: what they kept (for mix.json)
 
     @property
     def n_docs(self) -> int:

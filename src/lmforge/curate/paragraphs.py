@@ -83,7 +83,7 @@ class BloomFilter:
 class ParagraphDedup(GlobalStep[ParagraphDedupConfig]):
     Config = ParagraphDedupConfig
 
-    def signature(self, doc: CurateDocument) -> Any:
+    def signature(self, doc: CurateDocument, tokens: int) -> Any:
         c = self.config
         hashes = []
         for line in doc.text.split("\n"):

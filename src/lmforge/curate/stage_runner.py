@@ -107,7 +107,7 @@ class StageRunner:
         if stage.collect is None:
             return Outcome(True)
         self.counts.add(stage.collect.label, doc.source, docs_in=1, tokens_in=tokens)
-        return Outcome(True, signature=stage.collect.signature(doc))
+        return Outcome(True, signature=stage.collect.signature(doc, tokens))
 
     def _count(self, label: str, doc: CurateDocument, text_before: str, tokens_in: int, verdict: Verdict, *,
                count_in: bool = True) -> int:  # fmt: skip

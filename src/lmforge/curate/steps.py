@@ -8,7 +8,7 @@ Two kinds of step:
 * `GlobalStep` needs to see the whole corpus before it can decide (exact and near-duplicate
   removal). It runs in three phases so the expensive part stays parallel: `signature()` per
   document inside the shard workers, `resolve()` once over every shard's signatures, then
-  `apply()` per document with what `resolve` decided for it.
+  `apply()` per document with what `resolve` decided for it (deduplication, `select`).
 
 A new filter is a config class and a `__call__`:
 
@@ -27,6 +27,7 @@ A new filter is a config class and a `__call__`:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import pickle
 from collections.abc import Iterable
@@ -97,6 +98,9 @@ class CurateDocument:
     def count_sentences(self, line: str) -> int:
         return self._splitter.count_sentences(line)
 
+    def sentence_ends(self, text: str) -> list[int]:
+        return self._splitter.sentence_ends(text)
+
 
 ConfigT = TypeVar("ConfigT", bound=Config)
 
@@ -127,6 +131,15 @@ class Step(Generic[ConfigT]):
         tokenizers). A resumed run checks they have not changed since it started."""
         return []
 
+    def written_values(self) -> tuple[str, ...]:
+        """Names of the values this step records on every document it sees (attributes
+        `<label>__<name>`) that later steps may read (`select` reads a score)."""
+        return ()
+
+    def check_pipeline(self, earlier: list[Step]) -> None:
+        """Called once the pipeline is built, with the steps before this one: a step that reads
+        what an earlier step writes checks here that one does (ConfigError naming the field)."""
+
 
 class DocumentStep(Step[ConfigT]):
     def __call__(self, doc: CurateDocument) -> Verdict:
@@ -134,8 +147,9 @@ class DocumentStep(Step[ConfigT]):
 
 
 class GlobalStep(Step[ConfigT]):
-    def signature(self, doc: CurateDocument) -> Any:
-        """What `resolve` needs to know about one document (must pickle)."""
+    def signature(self, doc: CurateDocument, tokens: int) -> Any:
+        """What `resolve` needs to know about one document (must pickle); `tokens` is the
+        document's size as the pipeline counts it (its `tokenizer`, else words)."""
         raise NotImplementedError
 
     def save_signatures(self, signatures: list[Any], path: Path) -> None:
@@ -185,7 +199,9 @@ PIPELINE_KEYS = ("tokenize", "tokenizer", "input", "output", "workers", "executo
 
 def build_step(spec: Any, where: str) -> Step:
     """A step from its YAML form: `{name: {field: value, ...}}` (config optional), with an
-    optional `label` field to tell two steps of the same kind apart."""
+    optional `label` (or `step_label`) field to tell two steps of the same kind apart. A step
+    whose config has a `label` field of its own (the classifier's fastText label) is named by
+    `step_label` only."""
     steps = registered_steps()
     if isinstance(spec, str):
         spec = {spec: {}}
@@ -202,7 +218,9 @@ def build_step(spec: Any, where: str) -> Step:
     if options is not None and not isinstance(options, dict):
         raise ConfigError(f"{where}.{name}: options must be a mapping ({{field: value}}), got {options!r}")
     options = dict(options or {})
-    label = options.pop("label", None)
     cls = steps[name]
+    label = options.pop("step_label", None)
+    if label is None and "label" not in {f.name for f in dataclasses.fields(cls.Config)}:
+        label = options.pop("label", None)
     config = cls.Config.from_dict(options, where=f"{where}.{name}.")
     return cls(config, label=str(label) if label is not None else None)

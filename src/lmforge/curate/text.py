@@ -189,6 +189,28 @@ class SpacyWords:
                 seen_period = True
         return sentences
 
+    @cached_property
+    def _sentence_nlp(self):
+        """spaCy's blank pipeline with its rule-based Sentencizer: how datatrove cuts sentences
+        (`split_into_parts(..., SENTENCE)`). Run on whole texts: used where exact sentence
+        spans matter more than speed (the classifier's sentence mode)."""
+        spacy = _import_spacy_without_torch()
+        from spacy.symbols import IDS
+
+        nlp = spacy.blank(self.language)
+        nlp.add_pipe("sentencizer")
+        for name in IDS:  # as in `_nlp`: symbol names first seen in a memory zone break the vocabulary
+            if name:
+                nlp.vocab[name]  # noqa: B018
+        return nlp
+
+    def sentence_ends(self, text: str) -> list[int]:
+        """Where each sentence of `text` ends (character offsets), as spaCy's Sentencizer finds them."""
+        nlp = self._sentence_nlp
+        nlp.max_length = len(text) + 10
+        with nlp.memory_zone():
+            return [sentence.end_char for sentence in nlp(text).sents]
+
     def _is_punct(self, token: str) -> bool:
         known = self._punct.get(token)
         if known is None:
