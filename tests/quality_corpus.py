@@ -93,3 +93,23 @@ def write_jsonl(path: Path, docs: list[dict]) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
     return path
+
+
+def stdlib_docstrings(modules: tuple[str, ...], min_words: int = 40) -> list[dict]:
+    """The docstrings of `modules` and of their public classes and functions that run to
+    `min_words` words or more, one document each (id `docstring/<module>.<name>`): edited
+    expository English that is not pydoc's reference text."""
+    import inspect
+
+    docs = []
+    for name in modules:
+        module = importlib.import_module(name)
+        members = [("", module)] + sorted((n, m) for n, m in vars(module).items()
+                                          if not n.startswith("_") and (inspect.isclass(m) or inspect.isfunction(m))
+                                          and getattr(m, "__module__", None) == name)  # fmt: skip
+        for member, obj in members:
+            text = inspect.cleandoc(obj.__doc__ or "")
+            if len(text.split()) >= min_words:
+                docs.append({"id": f"docstring/{name}{'.' + member if member else ''}", "text": text,
+                             "source": "docstring"})  # fmt: skip
+    return docs

@@ -362,3 +362,30 @@ def test_mix_selects_per_source_with_and_of_conditions(tmp_path, pool_dir, model
          "select": [{"attribute": "fineweb_edu", "min_score": 2}]}]})
     with pytest.raises(ConfigError, match=r"sources\[0\] \(pool\)\.select\[0\]\.attribute: no document has 'fineweb_edu'"):
         mix(bad, progress=False)
+
+
+def test_a_trained_classifier_is_scored_as_it_was_trained(tmp_path):
+    """train-classifier's folder: the step takes the newline rule from its classifier.json (a
+    resumed run checks that file too), and two classifier steps are told apart by step_label."""
+    from lmforge.curate.classifier_train import train_classifier
+    from quality_corpus import expository_documents, web_negatives, write_jsonl
+
+    write_jsonl(tmp_path / "pos" / "p.jsonl", expository_documents()[:120])
+    write_jsonl(tmp_path / "neg" / "n.jsonl", web_negatives(n_docs=300, seed=2))
+    train_classifier([tmp_path / "pos"], [tmp_path / "neg"], tmp_path / "clf", preset="small", progress=False)
+    model = tmp_path / "clf" / "model.bin"
+    step = Classifier(ClassifierConfig(model_file=str(model), label="hq"))
+    assert step._newline == " " and str(tmp_path / "clf" / "classifier.json") in step.input_files()
+    text = "first line\nsecond line of the text"
+    doc = CurateDocument("a", text, "s", {}, SpacyWords())
+    expected = dict((lb, p) for p, lb in fasttext.load_model(str(model)).f.predict("first line second line of the text\n",
+                                                                                      -1, 0.0, "strict"))  # fmt: skip
+    assert step(doc).values["hq_score"] == pytest.approx(expected["__label__hq"], abs=1e-7)
+    cfg = _pipeline(tmp_path, [{"classifier": {"model_file": str(model), "label": "hq"}},
+                               {"classifier": {"model_file": str(model), "label": "cc", "step_label": "web"}},
+                               {"select": {"attribute": "hq_score", "min_score": 0.5}}])  # fmt: skip
+    assert [s.label for s in cfg.built_steps] == ["classifier", "web", "select"]
+    assert cfg.built_steps[2].key == "classifier__hq_score"
+    with pytest.raises(ConfigError, match="step_label"):
+        _pipeline(tmp_path, [{"classifier": {"model_file": str(model), "label": "hq"}},
+                             {"classifier": {"model_file": str(model), "label": "cc"}}])  # fmt: skip

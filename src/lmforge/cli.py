@@ -163,6 +163,19 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {plot_run(args.run, args.out)}")
 
 
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from lmforge.experiments.ablate import load_ablation, run_ablation
+    from lmforge.experiments.ablate_report import REPORT_FILES, verdict
+
+    cfg = load_ablation(args.config, args.set)
+    summary = run_ablation(cfg, report_only=args.report_only)
+    for pair in summary["pairs"]:
+        print(f"  {verdict(pair)}")
+    if summary["missing"]:
+        print(f"  not yet trained: {', '.join(summary['missing'])}")
+    print(f"wrote {', '.join(str(Path(cfg.out) / f) for f in ('results.jsonl', *REPORT_FILES))}")
+
+
 def cmd_ladder(args: argparse.Namespace) -> None:
     from lmforge.experiments.ladder import load_ladder, parse_count, predict, run_ladder
 
@@ -328,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("plot", cmd_plot, "Plot a run's loss, learning rate and grad norm to loss.png.")
     p.add_argument("run", help="run directory")
     p.add_argument("--out", help="PNG path (default RUN/loss.png)")
+
+    p = add("ablate", cmd_ablate, "Train one recipe on several data sets × seeds at equal tokens, then compare them "
+            "on held-out sets against the seed spread.")
+    p.add_argument("config", help="the ablation YAML (base, out, tokens, seeds, datasets, eval, tasks)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: report the rows already in results.jsonl")
+    p.add_argument("--set", action="append", default=[], metavar="DOTTED=VALUE",
+                   help="ablation config override, e.g. --set seeds=[0,1,2] or --set tokens=4e6 (repeatable)")
 
     p = sub.add_parser(
         "ladder", help="Train a model ladder (sizes × token budgets), fit a scaling law, predict larger models.",

@@ -9,18 +9,15 @@ checked on larger held-out sizes (`lmforge ladder LADDER.yaml`).
     predict    ─► a loss (and task accuracies) with intervals, read from fit.json
 
 Rerunning continues where it stopped: a run with a row in results.jsonl is skipped, a run dir
-with checkpoints but no row resumes through the trainer's own resume.
+with checkpoints but no row resumes through the trainer's own resume. Training the runs,
+results.jsonl and the config check are `lmforge.experiments.runner`'s, shared with `ablate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +28,15 @@ from lmforge.analysis import scaling
 from lmforge.analysis.scaling_plot import plot_ladder
 from lmforge.config import apply_overrides
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.experiments import runner
 from lmforge.experiments.ladder_config import CHINCHILLA_TOKENS_PER_PARAM, LadderConfig, run_name
 from lmforge.experiments.ladder_report import format_markdown
+from lmforge.experiments.runner import RESULTS_FILE, append_result, read_results  # noqa: F401 (re-exported)
 from lmforge.fsutil import atomic_write
 from lmforge.model.size import model_size
 from lmforge.train.config import RunConfig
-from lmforge.train.trainer import METRICS_FILE, train
+from lmforge.train.trainer import train
 
-RESULTS_FILE = "results.jsonl"
 FIT_FILE = "fit.json"
 
 
@@ -54,7 +52,9 @@ def load_ladder(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 @dataclasses.dataclass
-class PlannedRun:
+class PlannedRun(runner.PlannedRunBase):
+    """One run of the ladder (`run_dir`, `budget`, `config_sha256` from `PlannedRunBase`)."""
+
     name: str
     d_model: int
     multiple: float
@@ -63,18 +63,6 @@ class PlannedRun:
     params: int
     """N: non-embedding parameters."""
     config: RunConfig
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.config.trainer.run_dir)
-
-    @property
-    def budget(self) -> int:
-        return self.config.max_steps * self.config.trainer.batch_tokens
-
-    @property
-    def config_sha256(self) -> str:
-        return hashlib.sha256(self.config.to_yaml().encode()).hexdigest()[:16]
 
 
 def load_base(cfg: LadderConfig) -> RunConfig:
@@ -133,37 +121,6 @@ def plan_runs(cfg: LadderConfig, base: RunConfig | None = None) -> list[PlannedR
     return fitted + held
 
 
-# -- results.jsonl ----------------------------------------------------------------------------
-
-
-def read_results(out: str | Path) -> list[dict[str, Any]]:
-    path = Path(out) / RESULTS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise LmforgeError(f"{path} line {i} is not JSON; delete that line and rerun to retrain the run") from None
-    return rows
-
-
-def append_result(out: str | Path, row: dict[str, Any]) -> bool:
-    """Add a row to results.jsonl unless one with its name is there (read again just before);
-    the file is replaced in one rename, so a reader never sees half a line. True if added."""
-    path = Path(out) / RESULTS_FILE
-    if any(r.get("name") == row["name"] for r in read_results(out)):
-        return False
-    text = path.read_text() if path.exists() else ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    atomic_write(path, text + json.dumps(row) + "\n")
-    return True
-
-
 # -- running ----------------------------------------------------------------------------------
 
 
@@ -181,55 +138,23 @@ def run_ladder(cfg: LadderConfig, *, fit_only: bool = False, progress: bool = Tr
 
 def check_rows(cfg: LadderConfig, runs: list[PlannedRun], rows: list[dict[str, Any]]) -> None:
     """Rows of results.jsonl must come from the runs the ladder plans now (same resolved config)."""
-    planned = {r.name: r for r in runs}
-    for row in rows:
-        run = planned.get(row.get("name"))
-        if run is not None and row.get("config_sha256") != run.config_sha256:
-            raise LmforgeError(
-                f"{Path(cfg.out) / RESULTS_FILE}: run {run.name} was trained with another config than the ladder "
-                "gives now (base, overrides or size rule changed); use a new ladder `out` folder, or delete that "
-                "row and its run dir to retrain it")
+    runner.check_rows(cfg.out, runs, rows, what="ladder", changed="base, overrides or size rule changed")
 
 
 def train_runs(cfg: LadderConfig, runs: list[PlannedRun], *, progress: bool = True) -> None:
-    out = Path(cfg.out)
-    for run in runs:
-        run.config.check_world_size(cfg.nproc)  # before anything trains
-    done = {r["name"] for r in read_results(out)}
-    todo = [r for r in runs if r.name not in done]
-    cost_done = wall_done = 0.0
-    for k, run in enumerate(todo, 1):
-        line = f"[{k}/{len(todo)}] {run.name}: {run.params:,} params, {run.budget:,} tokens"
-        if progress:
-            print(f"{line} …", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        row = train_one(cfg, run)
-        wall = time.perf_counter() - start
-        row["wall_s"] = round(wall, 3)
-        append_result(out, row)
-        # ETA from the rate so far in N·D (∝ training FLOPs) over the runs trained in this session.
-        cost_done, wall_done = cost_done + run.params * run.budget, wall_done + wall
-        left = sum(r.params * r.budget for r in todo[k:])
-        eta = wall_done / max(cost_done, 1) * left
-        if progress:
-            print(f"{line} … done in {wall:.1f} s, val_loss {row['val_loss']:.4f}, ETA {_duration(eta)}",
-                  file=sys.stderr, flush=True)
+    """Train the runs without a row, appending each row as it finishes; the ETA is from the
+    rate so far in N·D (∝ training FLOPs) over the runs trained in this session."""
+    runner.train_all(
+        cfg.out, runs, lambda run: train_one(cfg, run), nproc=cfg.nproc, progress=progress,
+        describe=lambda run: f"{run.params:,} params, {run.budget:,} tokens",
+        cost=lambda run: run.params * run.budget, summary=lambda row: f"val_loss {row['val_loss']:.4f}",
+    )  # fmt: skip
 
 
 def train_one(cfg: LadderConfig, run: PlannedRun) -> dict[str, Any]:
     """Train (or resume, or find finished) one run; its results row."""
-    config_path = Path(cfg.out) / "runs" / f"{run.name}.yaml"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(config_path, run.config.to_yaml())
-    if cfg.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.nproc}",
-               "-m", "lmforge", "train", str(config_path)]  # = torchrun … -m lmforge train RUN.yaml
-        code = subprocess.run(cmd).returncode
-        if code != 0:
-            raise LmforgeError(f"run {run.name} failed under torchrun (exit status {code}; its log is above); "
-                               "rerun the ladder to resume it")
-    else:
-        train(run.config)
+    # `train` is looked up here, at call time, so a test can stand a fake in for `ladder.train`.
+    runner.launch(run, Path(cfg.out) / "runs" / f"{run.name}.yaml", nproc=cfg.nproc, in_process=train, what="ladder")
     shape = cfg.shape(run.d_model)
     final = final_metrics(run)
     return {
@@ -244,13 +169,7 @@ def train_one(cfg: LadderConfig, run: PlannedRun) -> dict[str, Any]:
 def final_metrics(run: PlannedRun) -> dict[str, Any]:
     """The metrics row of the run's last step, which carries its final validation loss (the
     trainer validates after the last step)."""
-    path = run.run_dir / METRICS_FILE
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    last = [r for r in rows if r.get("step") == run.config.max_steps and "val_loss" in r]
-    if not last:
-        raise LmforgeError(f"{path}: no validation loss at the last step ({run.config.max_steps}) of run {run.name}; "
-                           "delete its run dir and rerun the ladder to retrain it")
-    return last[-1]
+    return runner.final_metrics(run, what="ladder")
 
 
 def score_tasks(cfg: LadderConfig, run: PlannedRun) -> dict[str, dict[str, Any]]:
@@ -258,24 +177,7 @@ def score_tasks(cfg: LadderConfig, run: PlannedRun) -> dict[str, dict[str, Any]]
     of the run's final checkpoint."""
     if not cfg.tasks:
         return {}
-    from lmforge.eval.harness import evaluate
-    from lmforge.train.checkpoint import find_resumable
-
-    folder = find_resumable(run.run_dir / "checkpoints", quiet=True)
-    if folder is None:
-        raise LmforgeError(f"{run.run_dir}: no complete checkpoint to score tasks on")
-    results = evaluate(folder, cfg.tasks, limit=cfg.limit, progress=False)
-    return {
-        spec: {"bpb": r["metrics"].get("bits_per_byte_corr"), "acc": r["primary_score"], "metric": r["primary_metric"]}
-        for spec, r in results["tasks"].items()
-    }
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
+    return runner.score_tasks(runner.final_checkpoint(run), cfg.tasks, limit=cfg.limit)
 
 
 # -- fitting ----------------------------------------------------------------------------------
