@@ -20,7 +20,8 @@ from lmforge.curate.decontam import (
     ngram_keys,
     words,
 )
-from lmforge.curate.steps import CurateDocument, build_step
+from lmforge.curate.registry import build_step
+from lmforge.curate.steps import CurateDocument
 from lmforge.curate.text import SpacyWords
 from lmforge.errors import ConfigError, LmforgeError
 

@@ -21,10 +21,12 @@ import yaml
 
 pytest.importorskip("fasttext")
 
-from lmforge.curate.language import LanguageConfig, LanguageID, fetch_lid176  # noqa: E402
-from lmforge.curate.steps import CurateDocument, build_step  # noqa: E402
-from lmforge.errors import ConfigError, LmforgeError  # noqa: E402
 from web_corpus import SENTENCES  # noqa: E402
+
+from lmforge.curate.language import LanguageConfig, LanguageID, fetch_lid176  # noqa: E402
+from lmforge.curate.registry import build_step  # noqa: E402
+from lmforge.curate.steps import CurateDocument  # noqa: E402
+from lmforge.errors import ConfigError, LmforgeError  # noqa: E402
 
 PER_LANGUAGE = 140  # labelled documents per language
 N_HARD = 160

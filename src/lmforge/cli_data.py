@@ -62,7 +62,7 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
 
 def cmd_curate(args: argparse.Namespace) -> None:
     from lmforge.curate.pipeline import CurateConfig, curate
-    from lmforge.curate.steps import registered_steps
+    from lmforge.curate.registry import registered_steps
 
     if args.list_steps:
         for name, cls in sorted(registered_steps().items()):

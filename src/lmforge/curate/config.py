@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.config import Config, require
-from lmforge.curate.steps import Step, build_step
+from lmforge.curate.registry import build_step
+from lmforge.curate.steps import Step
 from lmforge.data.split import SplitOptions
 from lmforge.errors import ConfigError
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from itertools import accumulate, compress
 from operator import itemgetter
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 

@@ -75,9 +75,9 @@ class AttributeRows:
         """The attributes the files hold for the document on line `line_no` (empty if none)."""
         found: dict[str, Any] = {}
         for k, path in enumerate(self.files):
-            while self._next[k] is not None and self._next[k][0] < line_no:  # type: ignore[index]  (checked)
-                self._next[k] = next(self._rows[k], None)
             current = self._next[k]
+            while current is not None and current[0] < line_no:
+                current = self._next[k] = next(self._rows[k], None)
             if current is None or current[0] != line_no:
                 continue
             try:

@@ -1,4 +1,5 @@
-"""What a curation step is, and the registry that pipeline YAML names steps from.
+"""What a curation step is, and the decorator that registers one under the name pipeline YAML
+uses (`lmforge.curate.registry` builds steps from that YAML).
 
 Two kinds of step:
 
@@ -27,8 +28,6 @@ A new filter is a config class and a `__call__`:
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from lmforge.config import Config
 from lmforge.curate.text import SpacyWords
-from lmforge.errors import ConfigError
 
 Value = float | int | bool | str
 
@@ -171,56 +169,18 @@ class GlobalStep(Step[ConfigT]):
         raise NotImplementedError
 
 
-_STEPS: dict[str, type[Step]] = {}
+STEP_CLASSES: dict[str, type[Step]] = {}
+"""Every registered step class by name, filled by `register_step` (`lmforge.curate.registry` reads it)."""
 
 
 def register_step(name: str):
     """Class decorator: make a step available to pipeline YAML under `name`."""
 
     def wrap(cls: type[Step]) -> type[Step]:
-        if name in _STEPS and _STEPS[name] is not cls:
-            raise ValueError(f"step name {name!r} is already registered by {_STEPS[name].__qualname__}")
+        if name in STEP_CLASSES and STEP_CLASSES[name] is not cls:
+            raise ValueError(f"step name {name!r} is already registered by {STEP_CLASSES[name].__qualname__}")
         cls.name = name
-        _STEPS[name] = cls
+        STEP_CLASSES[name] = cls
         return cls
 
     return wrap
-
-
-def registered_steps() -> dict[str, type[Step]]:
-    import lmforge.curate.builtin  # noqa: F401  (registers the built-in steps)
-
-    return dict(_STEPS)
-
-
-PIPELINE_KEYS = ("tokenize", "tokenizer", "input", "output", "workers", "executor", "strict")
-"""Keys of the pipeline itself that a user may write as a step by mistake."""
-
-
-def build_step(spec: Any, where: str) -> Step:
-    """A step from its YAML form: `{name: {field: value, ...}}` (config optional), with an
-    optional `label` (or `step_label`) field to tell two steps of the same kind apart. A step
-    whose config has a `label` field of its own (the classifier's fastText label) is named by
-    `step_label` only."""
-    steps = registered_steps()
-    if isinstance(spec, str):
-        spec = {spec: {}}
-    if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"{where}: a step is written as '- <step name>: {{options}}', got {spec!r}")
-    ((name, options),) = spec.items()
-    if name in PIPELINE_KEYS:
-        raise ConfigError(f"{where}: '{name}' is not a step but a top-level key of the pipeline; move "
-                          f"'{name}: {{...}}' out of steps: to the same level as input: and output:")
-    if name not in steps:
-        close = difflib.get_close_matches(str(name), steps, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{where}: unknown step '{name}'{hint} (valid steps: {', '.join(sorted(steps))})")
-    if options is not None and not isinstance(options, dict):
-        raise ConfigError(f"{where}.{name}: options must be a mapping ({{field: value}}), got {options!r}")
-    options = dict(options or {})
-    cls = steps[name]
-    label = options.pop("step_label", None)
-    if label is None and "label" not in {f.name for f in dataclasses.fields(cls.Config)}:
-        label = options.pop("label", None)
-    config = cls.Config.from_dict(options, where=f"{where}.{name}.")
-    return cls(config, label=str(label) if label is not None else None)

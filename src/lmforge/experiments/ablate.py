@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from lmforge.config import apply_overrides
 from lmforge.data.token_files import META_FILE, TokenFiles
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.experiments import runner
@@ -144,22 +142,12 @@ def load_base(cfg: AblationConfig) -> RunConfig:
     """The base RunConfig with the ablation's overrides. Its data.train, run dir, budget and
     seed are placeholders (each run sets its own), so the base needs none of them."""
     path = Path(cfg.base)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"ablation.base: {path} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"ablation.base: {path} is not valid YAML: {getattr(e, 'problem', e)}") from None
-    try:
-        data = apply_overrides(data, cfg.overrides)
-        for section in ("data", "trainer"):
-            if not isinstance(data.setdefault(section, {}), dict):
-                raise ConfigError(f"{section}: expected a mapping")
+
+    def placeholders(data: dict[str, Any]) -> None:
         data["data"]["train"] = [str(f) for f in next(iter(cfg.datasets.values()))]
         data["trainer"].update(run_dir=str(Path(cfg.out) / "runs" / "base"), max_steps=None, max_tokens=cfg.tokens)
-        base = RunConfig.from_dict(data)
-    except ConfigError as e:
-        raise ConfigError(f"ablation.base ({path}): {e}") from None
+
+    base = runner.load_base(path, cfg.overrides, "ablation", placeholders)
     if cfg.tasks and base.tokenizer is None:
         raise ConfigError(f"ablation.tasks: scoring tasks needs the base config's tokenizer (set tokenizer in {path})")
     return base

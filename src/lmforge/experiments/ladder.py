@@ -22,11 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from lmforge.analysis import scaling
 from lmforge.analysis.scaling_plot import plot_ladder
-from lmforge.config import apply_overrides
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.experiments import runner
 from lmforge.experiments.ladder_config import CHINCHILLA_TOKENS_PER_PARAM, LadderConfig, run_name
@@ -69,21 +67,11 @@ def load_base(cfg: LadderConfig) -> RunConfig:
     """The base RunConfig with the ladder's overrides; the run dir and budget are placeholders
     (each run sets its own), so the base needs neither."""
     path = Path(cfg.base)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"ladder.base: {path} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"ladder.base: {path} is not valid YAML: {getattr(e, 'problem', e)}") from None
-    try:
-        data = apply_overrides(data, cfg.overrides)
-        trainer = data.setdefault("trainer", {})
-        if not isinstance(trainer, dict):
-            raise ConfigError("trainer: expected a mapping")
-        trainer.update(run_dir=str(Path(cfg.out) / "runs" / "base"), max_steps=None, max_tokens=1)
-        base = RunConfig.from_dict(data)
-    except ConfigError as e:
-        raise ConfigError(f"ladder.base ({path}): {e}") from None
+
+    def placeholders(data: dict[str, Any]) -> None:
+        data["trainer"].update(run_dir=str(Path(cfg.out) / "runs" / "base"), max_steps=None, max_tokens=1)
+
+    base = runner.load_base(path, cfg.overrides, "ladder", placeholders)
     if not base.data.validation:
         raise ConfigError(f"ladder.base ({path}): data.validation is empty; the ladder fits the validation loss")
     if cfg.tasks and base.tokenizer is None:

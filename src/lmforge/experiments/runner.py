@@ -30,12 +30,35 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import LmforgeError
+import yaml
+
+from lmforge.config import apply_overrides
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import atomic_write
 from lmforge.train.config import RunConfig
 from lmforge.train.trainer import METRICS_FILE
 
 RESULTS_FILE = "results.jsonl"
+
+
+def load_base(path: Path, overrides: Sequence[str], where: str, adjust: Callable[[dict[str, Any]], None]) -> RunConfig:
+    """The base RunConfig YAML at `path` with dotted `overrides`, after `adjust` sets the fields
+    each run replaces (run dir, budget, …) to placeholders; errors name `where` (``ladder``)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{where}.base: {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}.base: {path} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    try:
+        data = apply_overrides(data, list(overrides))
+        for section in ("data", "trainer"):
+            if not isinstance(data.setdefault(section, {}), dict):
+                raise ConfigError(f"{section}: expected a mapping")
+        adjust(data)
+        return RunConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.base ({path}): {e}") from None
 
 
 class PlannedRunBase:
