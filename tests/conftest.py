@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -70,14 +71,23 @@ def tiny_run(token_data: Path, run_dir: Path, **trainer) -> dict:
     }
 
 
-@pytest.fixture
-def one_thread():
+@contextlib.contextmanager
+def single_thread():
     """Tiny models on 2 shared cores: one intra-op thread is many times faster than two
-    contending ones (tests that run our scorer and a peer in one process)."""
+    contending ones (tests that run our scorer and a peer in one process, module fixtures that
+    train several tiny runs)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield
 
 
 def lm_eval_task_yaml(folder: Path, name: str, rows: list[dict]) -> None:

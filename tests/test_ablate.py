@@ -8,8 +8,8 @@ import random
 import shutil
 
 import pytest
-import torch
 import yaml
+from conftest import single_thread
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.experiments import ablate
@@ -66,14 +66,10 @@ def write_ablation(root, data, **changes):
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory, data):
     """One real tiny ablation, trained once: 2 data sets × 2 seeds of 8 steps each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         path = write_ablation(tmp_path_factory.mktemp("ablation"), data)
         cfg = load_ablation(path)
         summary = run_ablation(cfg, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return path, cfg, summary
 
 

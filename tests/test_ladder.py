@@ -6,8 +6,8 @@ import math
 import shutil
 
 import pytest
-import torch
 import yaml
+from conftest import single_thread
 
 from lmforge.cli import main
 from lmforge.errors import ConfigError
@@ -40,14 +40,10 @@ def write_ladder(root, token_data, **changes):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, token_data):
     """One real tiny ladder, trained once for the tests below (7 runs of a few steps each)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         path = write_ladder(tmp_path_factory.mktemp("ladder"), token_data)
         cfg = load_ladder(path)
         fit = run_ladder(cfg, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return path, cfg, fit
 
 
