@@ -4,6 +4,7 @@ shape, in one process (and against OLMo-core's figures from the same machine, if
     python3 benchmarks/throughput.py                                   # GPU: olmo2-1b, seq 4096, micro-batch 4
     python3 benchmarks/throughput.py --preset olmo2-190m --seq 2048 --micro-batch 16
     .venv/bin/python benchmarks/throughput.py --preset tiny            # CPU: tiny, seq 256, 16 instances
+    .venv/bin/python benchmarks/throughput.py --preset tiny-moe        # CPU: 8 experts, top-2, against FlexOlmoForCausalLM
 
 Random tokens, one micro-batch per optimizer step, warm-up steps untimed, then `--steps`
 timed steps per round; rounds alternate between the cases (`--repeats`) and medians are
@@ -76,6 +77,22 @@ def lmforge_case(args, world, **parallel) -> tuple[Step, dict]:
     return (lambda: module.train_batch(batch, 1e-4)["loss"]), info
 
 
+def hf_moe_model(cfg):
+    """transformers' MoE of our MoE's shape: OlmoeForCausalLM for pre-norm, FlexOlmoForCausalLM
+    (the same MLP in an OLMo 2 block) for reordered. Both run their experts one after another."""
+    import transformers
+
+    kwargs = dict(vocab_size=cfg.padded_vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.expert_hidden,
+                  num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
+                  max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, num_experts=cfg.moe_num_experts,
+                  num_experts_per_tok=cfg.moe_top_k, norm_topk_prob=cfg.moe_norm_topk_prob,
+                  tie_word_embeddings=cfg.tie_embeddings, pad_token_id=0, eos_token_id=1,
+                  rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, attn_implementation="sdpa")  # fmt: skip
+    if cfg.norm_placement == "pre":
+        return transformers.OlmoeForCausalLM(transformers.OlmoeConfig(**kwargs))
+    return transformers.FlexOlmoForCausalLM(transformers.FlexOlmoConfig(**kwargs))
+
+
 def transformers_case(args, device: torch.device) -> tuple[Step, dict]:
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
@@ -84,10 +101,10 @@ def transformers_case(args, device: torch.device) -> tuple[Step, dict]:
     from lmforge.model.size import flops_per_token
 
     cfg = ModelConfig.preset(args.preset, max_seq_len=max(args.seq, 16), **({"vocab_size": args.vocab} if args.vocab else {}))
-    hcfg = hf_config(cfg, eos_token_id=0, pad_token_id=1, dtype=torch.float32)
-    hcfg["vocab_size"] = cfg.padded_vocab_size  # the same matmul shapes as ours
     with torch.device(device):  # initialise where it trains (a 1B model inits slowly on the host)
-        model = Olmo2ForCausalLM(Olmo2Config(**hcfg, attn_implementation="sdpa"))
+        model = hf_moe_model(cfg) if cfg.is_moe else Olmo2ForCausalLM(Olmo2Config(
+            **{**hf_config(cfg, eos_token_id=0, pad_token_id=1, dtype=torch.float32),
+               "vocab_size": cfg.padded_vocab_size}, attn_implementation="sdpa"))  # the same matmul shapes as ours
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
     forward = torch.compile(model) if args.compile else model
     tokens = random_batch(cfg.vocab_size, args.micro_batch, args.seq).inputs.to(device)

@@ -73,7 +73,8 @@ def test_loss_matches_transformers_labels(exported):
     labels[0, 10:20] = -100  # ignored positions must be excluded the same way
     with torch.no_grad():
         expected = hf(ids, labels=labels).loss
-        ce, z, n = lm_loss(ours(ids)[:, :-1], labels[:, 1:])
+        parts = lm_loss(ours(ids)[:, :-1], labels[:, 1:])
+    ce, z, n = parts.ce, parts.z, parts.n_tokens
     assert n == (labels[:, 1:] != -100).sum()
     assert torch.allclose(ce, expected, rtol=1e-6, atol=0), (ce.item(), expected.item())
     assert z == 0

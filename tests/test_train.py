@@ -22,9 +22,13 @@ STEPS = 24
 CHECKPOINT_EVERY = 8
 
 
-def run_config(token_data, run_dir, **trainer):
+MOE = {"moe_num_experts": 4, "moe_top_k": 2, "mlp_hidden": 48}
+"""A tiny mixture of experts in place of the MLP (`lmforge.model.moe`)."""
+
+
+def run_config(token_data, run_dir, model=None, **trainer):
     return {
-        "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 4, "mlp_hidden": 128},
+        "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 4, "mlp_hidden": 128, **(model or {})},
         "data": {"train": [str(token_data / "train")], "validation": [str(token_data / "val")], "seq_len": 64},
         "optim": {"lr": 3e-3, "warmup_steps": 4},
         "trainer": {
@@ -55,13 +59,14 @@ def metrics(run_dir):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bitwise_identical(token_data, tmp_path):
+@pytest.mark.parametrize("model", [None, MOE], ids=["dense", "moe"])
+def test_resume_after_sigkill_is_bitwise_identical(token_data, tmp_path, model):
     straight = tmp_path / "straight"
-    subprocess.run(train_cmd(write_config(tmp_path / "a.yaml", run_config(token_data, straight))), check=True,
+    subprocess.run(train_cmd(write_config(tmp_path / "a.yaml", run_config(token_data, straight, model))), check=True,
                    capture_output=True)
 
     killed = tmp_path / "killed"
-    config = write_config(tmp_path / "b.yaml", run_config(token_data, killed))
+    config = write_config(tmp_path / "b.yaml", run_config(token_data, killed, model))
     proc = subprocess.Popen(train_cmd(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 120
@@ -80,8 +85,13 @@ def test_resume_after_sigkill_is_bitwise_identical(token_data, tmp_path):
     a, b = metrics(straight), metrics(killed)
     assert [r["step"] for r in a] == [r["step"] for r in b]  # no step lost, none logged twice
     for ra, rb in zip(a, b):
-        for key in ("loss", "z_loss", "grad_norm", "val_loss", "batch_crc"):
+        for key in ("loss", "z_loss", "grad_norm", "val_loss", "batch_crc", "moe_lb_loss", "moe_router_z_loss",
+                    "expert_share"):
             assert ra.get(key) == rb.get(key), (ra["step"], key)  # bitwise: floats compared exactly
+    if model:  # the MoE losses and the experts' shares are in the metrics
+        row = next(r for r in b if "loss" in r)
+        assert 0.9 < row["moe_lb_loss"] < 4 and len(row["expert_share"]) == 4  # 1 is perfect balance
+        assert sum(row["expert_share"]) == pytest.approx(1.0) and row["expert_imbalance"] >= 1.0
     # The batch each step trained on is what inspect-batch reconstructs from the config alone.
     for row in (r for r in b if "batch_crc" in r):
         instances = [x["instance"] for x in batch_documents(killed, row["step"])]

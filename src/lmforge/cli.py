@@ -73,11 +73,13 @@ def cmd_model_info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'preset':<12} {'params':>14} {'non-embedding':>14} {'vocab':>8} {'seq':>6} {'train FLOPs/token':>18}")
+    print(f"{'preset':<12} {'params':>14} {'active':>14} {'non-embedding':>14} {'vocab':>8} {'seq':>6} "
+          f"{'train FLOPs/token':>18}")  # fmt: skip
     for name, r in rows.items():
+        active = r.get("params_active", r["params_total"])  # MoE: what one token uses (k of E experts)
         print(
-            f"{name:<12} {r['params_total']:>14,} {r['params_non_embedding']:>14,} {r['padded_vocab_size']:>8,}"
-            f" {r['seq_len']:>6} {r['train_flops_per_token']:>18.4g}"
+            f"{name:<12} {r['params_total']:>14,} {active:>14,} {r['params_non_embedding']:>14,} "
+            f"{r['padded_vocab_size']:>8,} {r['seq_len']:>6} {r['train_flops_per_token']:>18.4g}"
         )
 
 

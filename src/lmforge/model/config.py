@@ -27,6 +27,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "olmo2-1b": dict(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=8192, max_seq_len=4096),
     "olmo2-7b": dict(d_model=4096, n_layers=32, n_heads=32, mlp_hidden=11008, max_seq_len=4096),
     "olmo2-13b": dict(d_model=5120, n_layers=40, n_heads=40, mlp_hidden=13824, max_seq_len=4096),
+    # OLMoE-1B-7B (allenai/OLMoE-1B-7B-0924's config): pre-norm with QK-norm, 64 experts of
+    # hidden 1024, 8 per token, GPT-NeoX-derived vocabulary of 50,280 ids padded to 50,304.
+    "olmoe-1b-7b": dict(d_model=2048, n_layers=16, n_heads=16, mlp_hidden=1024, moe_num_experts=64, moe_top_k=8,
+                        max_seq_len=4096, vocab_size=50304, rope_theta=10_000.0, norm_eps=1e-5,
+                        norm_placement="pre"),
+    "tiny-moe": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden=192, moe_num_experts=8, moe_top_k=2,
+                     max_seq_len=512, vocab_size=4096),
 }
 
 
@@ -66,6 +73,16 @@ class ModelConfig(Config):
     qk_norm: bool = True
     """RMSNorm over the full query and key projections before RoPE (OLMo 2); false = Llama/0424."""
 
+    # -- mixture of experts (OLMoE; `lmforge.model.moe`) ---------------------------------------
+    moe_num_experts: int = 0
+    """Experts per MLP layer; 0 = a dense SwiGLU MLP (OLMo 2)."""
+    moe_top_k: int = 2
+    """Experts each token is routed to (OLMoE: 8 of 64)."""
+    moe_hidden: int | None = None
+    """Hidden width of each expert's SwiGLU; None: mlp_hidden."""
+    moe_norm_topk_prob: bool = False
+    """Renormalise the k chosen router probabilities to sum to 1 (OLMoE: false)."""
+
     # -- parametrization ------------------------------------------------------------------------
     parametrization: Literal["standard", "mup"] = "standard"
     """standard, or mup (µP, Tensor Programs V): hyperparameters tuned at mup_base_d_model carry
@@ -96,7 +113,17 @@ class ModelConfig(Config):
                 "n_kv_heads",
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}",
             )
+        self._validate_moe()
         self._validate_mup()
+
+    def _validate_moe(self) -> None:
+        require(self.moe_num_experts >= 0, "moe_num_experts", f"must be >= 0 (0: dense), got {self.moe_num_experts}")
+        if not self.moe_num_experts:
+            return
+        require(1 <= self.moe_top_k <= self.moe_num_experts, "moe_top_k",
+                f"must be between 1 and moe_num_experts={self.moe_num_experts}, got {self.moe_top_k}")
+        require(self.moe_hidden is None or self.moe_hidden > 0, "moe_hidden",
+                f"must be a positive integer (or null: mlp_hidden), got {self.moe_hidden}")
 
     def _validate_mup(self) -> None:
         if self.parametrization != "mup":
@@ -142,6 +169,15 @@ class ModelConfig(Config):
         return 1.0
 
     @property
+    def expert_hidden(self) -> int:
+        """Hidden width of one expert (an MoE model's moe_hidden, defaulting to mlp_hidden)."""
+        return self.moe_hidden or self.mlp_hidden
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_num_experts > 0
+
+    @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
 
@@ -172,7 +208,7 @@ class ModelConfig(Config):
     def resolved(self) -> dict[str, Any]:
         """`to_dict()` with defaults that stand for another field spelled out (n_kv_heads: None
         is n_heads), so two spellings of one model compare equal."""
-        return {**self.to_dict(), "n_kv_heads": self.kv_heads}
+        return {**self.to_dict(), "n_kv_heads": self.kv_heads, "moe_hidden": self.expert_hidden if self.is_moe else None}
 
     def weight_differences(self, other: ModelConfig) -> list[str]:
         """Fields of `WEIGHT_FIELDS` on which `other` holds tensors of other names or shapes
@@ -188,7 +224,8 @@ class ModelConfig(Config):
 
 
 WEIGHT_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "tie_embeddings",
-                 "norm_placement", "qk_norm")
+                 "norm_placement", "qk_norm", "moe_num_experts", "moe_hidden")
 """What decides a model's tensors: two configs equal on these (resolved) hold interchangeable weights."""
-FUNCTION_FIELDS = ("rope_theta", "norm_eps", "parametrization", "mup_base_d_model", "mup_output_multiplier")
+FUNCTION_FIELDS = ("rope_theta", "norm_eps", "parametrization", "mup_base_d_model", "mup_output_multiplier",
+                   "moe_top_k", "moe_norm_topk_prob")
 """What else changes the function the weights compute (max_seq_len, init_std do not)."""

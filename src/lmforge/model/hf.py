@@ -151,6 +151,11 @@ def check_exportable(cfg: ModelConfig) -> None:
             "model.qk_norm=false cannot be exported to transformers' Olmo2ForCausalLM, which always applies "
             "QK-norm; only qk_norm: true exports"
         )
+    if cfg.is_moe:
+        raise LmforgeError(
+            f"model.moe_num_experts={cfg.moe_num_experts}: a mixture of experts would export as OlmoeForCausalLM "
+            "or FlexOlmoForCausalLM, which lmforge export does not write yet; export a dense model"
+        )
 
 
 

@@ -17,6 +17,12 @@ class LossParts(NamedTuple):
     """z-loss weight · logsumexp(logits)², reduced the same way (0 when the weight is 0)."""
     n_tokens: torch.Tensor
     """Number of counted (non-ignored) target tokens."""
+    lb: torch.Tensor | None = None
+    """MoE: load-balancing loss (mean over layers) × n_tokens, so it sums like `ce`; None if dense."""
+    router_z: torch.Tensor | None = None
+    """MoE: router z-loss (mean over layers) × n_tokens; None if dense."""
+    expert_counts: torch.Tensor | None = None
+    """MoE: (layers, experts) tokens routed to each expert; None if dense."""
 
 
 def lm_loss(

@@ -28,6 +28,7 @@ from torch import nn
 
 from lmforge.model.config import ModelConfig
 from lmforge.model.loss import LossParts, linear_cross_entropy, lm_loss
+from lmforge.model.moe import MoE, RouterStats
 from lmforge.model.parametrization import init_std, param_kind
 
 
@@ -184,7 +185,7 @@ class OLMo2Block(nn.Module):
         self.reordered = cfg.norm_placement == "reordered"
         self.attn = Attention(cfg, device=device)
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, device=device)
-        self.mlp = MLP(cfg, device=device)
+        self.mlp = MoE(cfg, device=device) if cfg.is_moe else MLP(cfg, device=device)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, device=device)
 
     def forward(
@@ -316,9 +317,27 @@ class Transformer(nn.Module):
         if targets is None:
             return F.linear(x, self.head_weight)  # (B, T, V)
         if loss_chunk_tokens > 0:
-            return linear_cross_entropy(x, self.head_weight, targets, z_loss_weight=z_loss_weight,
-                                        chunk_tokens=loss_chunk_tokens)
-        return lm_loss(F.linear(x, self.head_weight), targets, z_loss_weight=z_loss_weight, reduction="sum")
+            parts = linear_cross_entropy(x, self.head_weight, targets, z_loss_weight=z_loss_weight,
+                                         chunk_tokens=loss_chunk_tokens)
+        else:
+            parts = lm_loss(F.linear(x, self.head_weight), targets, z_loss_weight=z_loss_weight, reduction="sum")
+        return self.with_router_losses(parts)
+
+    def router_stats(self) -> list[RouterStats]:
+        """The `RouterStats` of each MoE layer from the last forward (empty for a dense model)."""
+        return [b.mlp.stats for b in self.blocks if isinstance(b.mlp, MoE) and b.mlp.stats is not None]
+
+    def with_router_losses(self, parts: LossParts) -> LossParts:
+        """`parts` with the MoE auxiliary losses: each layer's mean over this batch's tokens,
+        averaged over layers, times the batch's counted tokens, so that dividing by the global
+        batch's tokens (as the cross-entropy is) weights micro-batches and ranks by their tokens."""
+        stats = self.router_stats()
+        if not stats:
+            return parts
+        lb = torch.stack([s.lb for s in stats]).mean() * parts.n_tokens
+        router_z = torch.stack([s.z for s in stats]).mean() * parts.n_tokens
+        counts = torch.stack([s.counts for s in stats])  # (layers, E)
+        return parts._replace(lb=lb, router_z=router_z, expert_counts=counts)
 
 
 def param_seed(seed: int, name: str) -> int:

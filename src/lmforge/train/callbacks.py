@@ -211,7 +211,7 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.item()
+        return value.item() if value.numel() == 1 else value.tolist()  # a vector: MoE's expert_share
     return value
 
 

@@ -47,6 +47,10 @@ class OptimConfig(Config):
     """Clip the global gradient norm to this; 0 disables clipping."""
     z_loss: float = 1e-5
     """Weight of the z-loss, logsumexp(logits)², which keeps logits from drifting; 0 turns it off."""
+    moe_lb_loss: float = 0.01
+    """MoE: weight of the load-balancing loss (E/k)·Σ f_e·P_e, averaged over layers (OLMoE: 0.01)."""
+    moe_router_z_loss: float = 0.001
+    """MoE: weight of the router z-loss, mean logsumexp(router logits)², averaged over layers (OLMoE: 0.001)."""
     schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
     """After warmup: cosine to min_lr_ratio·lr, linear to 0, warmup-stable-decay, or flat."""
     warmup_steps: int = 100
@@ -57,6 +61,8 @@ class OptimConfig(Config):
 
     def validate(self) -> None:
         require(self.lr > 0, "optim.lr", f"must be positive, got {self.lr}")
+        for name in ("moe_lb_loss", "moe_router_z_loss"):
+            require(getattr(self, name) >= 0, f"optim.{name}", f"must be >= 0 (0 turns it off), got {getattr(self, name)}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1/beta2", "must be in [0, 1)")
         require(self.weight_decay >= 0, "optim.weight_decay", f"must be ≥ 0, got {self.weight_decay}")
         require(self.grad_clip >= 0, "optim.grad_clip", f"must be ≥ 0, got {self.grad_clip}")

@@ -65,17 +65,27 @@ class TrainModule:
         # so the loss is normalised by the global token count on every rank, whatever its share.
         counts = self.world.all_reduce_sum(batch.counts.to(self.device, non_blocking=True))
         n_tokens = counts[0].clamp(min=1).float()
-        sums = torch.zeros(2, device=self.device)  # [ce, z] summed over this rank's tokens
+        optim = self.cfg.optim
+        sums = torch.zeros(4, device=self.device)  # [ce, z, MoE lb, MoE router z] summed over this rank's tokens
+        expert_counts = None  # MoE: (layers, experts) tokens routed, this rank
         n_micro = len(inputs) // mb
         for i in range(n_micro):
             set_gradient_sync(model, i == n_micro - 1)  # reduce gradients once per step
             rows = slice(i * mb, (i + 1) * mb)
             parts = self._loss(inputs[rows], targets[rows])
-            ((parts.ce + parts.z) * (self.grad_scale / n_tokens)).backward()
-            sums += torch.stack([parts.ce.detach(), parts.z.detach()])
-        grad_norm = clip_grad_norm(model.parameters(), self.cfg.optim.grad_clip)
+            loss = parts.ce + parts.z
+            if parts.lb is not None and parts.router_z is not None:
+                loss = loss + optim.moe_lb_loss * parts.lb + optim.moe_router_z_loss * parts.router_z
+                sums[2:] += torch.stack([parts.lb.detach(), parts.router_z.detach()])
+                expert_counts = parts.expert_counts if expert_counts is None else expert_counts + parts.expert_counts
+            (loss * (self.grad_scale / n_tokens)).backward()
+            sums[:2] += torch.stack([parts.ce.detach(), parts.z.detach()])
+        grad_norm = clip_grad_norm(model.parameters(), optim.grad_clip)
         sums = self.world.all_reduce_sum(sums) / n_tokens
         metrics = {"loss": sums[0], "z_loss": sums[1], "grad_norm": grad_norm, "masked_instances": counts[1]}
+        if expert_counts is not None:
+            metrics.update(moe_lb_loss=sums[2], moe_router_z_loss=sums[3], **expert_shares(
+                self.world.all_reduce_sum(expert_counts.float())))
         if before_step is None or before_step(metrics):
             self.optimizer.step()
         else:
@@ -140,6 +150,14 @@ class TrainModule:
 
 
 @torch.no_grad()
+def expert_shares(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """From (layers, experts) routed-token counts: each expert's share of its layer's tokens,
+    averaged over layers (`expert_share`, a list in metrics.jsonl), and the largest share of
+    any expert in any layer times the number of experts (`expert_imbalance`: 1 when balanced)."""
+    share = counts / counts.sum(dim=-1, keepdim=True).clamp(min=1)
+    return {"expert_share": share.mean(dim=0), "expert_imbalance": share.max() * counts.shape[-1]}
+
+
 def init_weights(model: torch.nn.Module, seed: int, device: torch.device) -> None:
     """Initialise every parameter as the unsharded model would (`Transformer.init_parameter`
     draws each full tensor from a generator of its own); sharded ranks keep their slice."""
