@@ -1,4 +1,5 @@
-"""Conversion between lmforge's `Transformer` and transformers' `Olmo2ForCausalLM` folders:
+"""Conversion between lmforge's `Transformer` and transformers' `Olmo2ForCausalLM` folders
+(`OlmoeForCausalLM` / `FlexOlmoForCausalLM` for a mixture of experts, `lmforge.model.hf_moe`):
 `to_hf` (`lmforge export`), `from_hf`, and `import_hf` (`lmforge import`: a transformers folder
 → an lmforge checkpoint with its tokenizer, to continue pretraining a released model).
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.fsutil import atomic_write, file_sha256, staged_folder
+from lmforge.model import hf_moe
 from lmforge.model.config import ModelConfig
 from lmforge.model.io import assign_weights, check_tokenizer_fits, model_folder_problem, save_model, write_safetensors
 from lmforge.model.parametrization import fold_multipliers
@@ -52,11 +54,16 @@ BLOCK_KEYS = {
 }
 
 
+ATTENTION_KEYS = {k: v for k, v in BLOCK_KEYS.items() if ".attn." in k}
+
+
 def key_map(cfg: ModelConfig) -> dict[str, str]:
-    """Every parameter name of ours → its transformers name, for this config."""
+    """Every parameter name of ours → its transformers name, for this config (an MoE's experts
+    are split and stacked apart: `lmforge.model.hf_moe`)."""
     names = {ours: theirs for ours, theirs in GLOBAL_KEYS.items() if not (cfg.tie_embeddings and ours == "head.weight")}
+    block = hf_moe.block_keys(cfg, ATTENTION_KEYS) if cfg.is_moe else BLOCK_KEYS
     for i in range(cfg.n_layers):
-        names.update({ours.format(i): theirs.format(i) for ours, theirs in BLOCK_KEYS.items()})
+        names.update({ours.format(i): theirs.format(i) for ours, theirs in block.items()})
     return names
 
 
@@ -94,10 +101,13 @@ def hf_config(cfg: ModelConfig, *, eos_token_id: int | None, pad_token_id: int |
 
 
 def model_config_from_hf(config: Mapping[str, Any], source: str) -> ModelConfig:
-    """Our config from an Olmo2Config dict; refuses features our model does not have."""
+    """Our config from an Olmo2Config (or OlmoeConfig / FlexOlmoConfig) dict; refuses features
+    our model does not have."""
     model_type = config.get("model_type")
-    if model_type != "olmo2":
-        raise LmforgeError(f"{source}: model_type is {model_type!r}, expected 'olmo2' (an OLMo 2 model)")
+    if model_type != "olmo2" and model_type not in hf_moe.NORM_PLACEMENT:
+        raise LmforgeError(f"{source}: model_type is {model_type!r}, expected 'olmo2' (OLMo 2), 'olmoe' (OLMoE) "
+                           "or 'flex_olmo' (FlexOlmo)")  # fmt: skip
+    moe = hf_moe.moe_fields(config, source) if model_type in hf_moe.NORM_PLACEMENT else {}
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         if key not in config:
             raise LmforgeError(f"{source}: config.json has no '{key}'")
@@ -130,6 +140,7 @@ def model_config_from_hf(config: Mapping[str, Any], source: str) -> ModelConfig:
             norm_eps=config.get("rms_norm_eps", 1e-6),
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             init_std=config.get("initializer_range", 0.02),
+            **moe,
         )
     except ConfigError as e:
         raise LmforgeError(f"{source}: config.json describes an invalid model: {e}") from None
@@ -141,7 +152,7 @@ def model_config_from_hf(config: Mapping[str, Any], source: str) -> ModelConfig:
 def check_exportable(cfg: ModelConfig) -> None:
     """Refuse, naming the switch, a layout `Olmo2ForCausalLM` cannot represent. (µP is fine:
     its multipliers fold into the weights.)"""
-    if cfg.norm_placement != "reordered":
+    if cfg.norm_placement != "reordered" and not cfg.is_moe:  # an MoE pre-norm block is OLMoE's
         raise LmforgeError(
             f"model.norm_placement={cfg.norm_placement!r} cannot be exported to transformers' Olmo2ForCausalLM, "
             "whose norms sit on each sublayer's output; only norm_placement: reordered exports"
@@ -150,11 +161,6 @@ def check_exportable(cfg: ModelConfig) -> None:
         raise LmforgeError(
             "model.qk_norm=false cannot be exported to transformers' Olmo2ForCausalLM, which always applies "
             "QK-norm; only qk_norm: true exports"
-        )
-    if cfg.is_moe:
-        raise LmforgeError(
-            f"model.moe_num_experts={cfg.moe_num_experts}: a mixture of experts would export as OlmoeForCausalLM "
-            "or FlexOlmoForCausalLM, which lmforge export does not write yet; export a dense model"
         )
 
 
@@ -183,13 +189,18 @@ def to_hf(
     # Under µP the logit multiplier and attention scale fold into the head and q_norm weights.
     state = fold_multipliers(cfg, model.state_dict())
     dtype = dtype or state["embed.weight"].dtype
-    tensors = {theirs: state[ours].detach().to("cpu", dtype).contiguous() for ours, theirs in key_map(cfg).items()}
+    tensors = {theirs: state[ours] for ours, theirs in key_map(cfg).items()}
+    if cfg.is_moe:
+        tensors.update(hf_moe.expert_tensors(cfg, state))
+    tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in tensors.items()}
     if tokenizer is not None:
         eos_token_id, pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     with staged_folder(out_dir) as staging:
         write_safetensors(tensors, staging / "model.safetensors", metadata={"format": "pt"})
         config = hf_config(cfg, eos_token_id=eos_token_id, pad_token_id=pad_token_id, dtype=dtype)
+        if cfg.is_moe:
+            config = hf_moe.moe_config(cfg, config)
         _write_json(staging / "config.json", config)
         generation = {"bos_token_id": None, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
         _write_json(staging / "generation_config.json", generation)
@@ -254,9 +265,9 @@ def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device: str |
         if head is not None and not torch.equal(head, tensors.get("model.embed_tokens.weight", head)):
             raise LmforgeError(f"{folder}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
     theirs_to_ours = {theirs: ours for ours, theirs in names.items()}
-    state = {
-        theirs_to_ours.get(name, name): t.to(device=device, dtype=dtype or t.dtype) for name, t in tensors.items()
-    }
+    experts = hf_moe.stack_experts(cfg, tensors, str(folder)) if cfg.is_moe else {}
+    state = {theirs_to_ours.get(name, name): t for name, t in tensors.items()} | experts
+    state = {name: t.to(device=device, dtype=dtype or t.dtype) for name, t in state.items()}
     return assign_weights(cfg, state, where=f"{folder} (OLMo 2 checkpoint)", display=lambda n: names.get(n, n))
 
 
