@@ -95,6 +95,7 @@ class MoE(nn.Module):
         rows = rows * weights.reshape(-1)[order, None].to(rows.dtype)
         return torch.zeros_like(h).index_add_(0, token, rows).view(shape)
 
+    @torch.compiler.disable  # data-dependent slice sizes: compiled blocks break cleanly around it
     def run_experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Each expert's SwiGLU on its contiguous slice of `rows` (sorted by expert)."""
         out = []

@@ -194,6 +194,12 @@ class OLMo2Block(nn.Module):
         x = self.residual(x, lambda h: self.attn(h, cos, sin, cache=cache), self.attn_norm)
         return self.residual(x, self.mlp, self.mlp_norm)
 
+    @property
+    def compiles_as_one_graph(self) -> bool:
+        """Whether torch.compile can take the whole block as one graph: not with MoE experts,
+        whose token counts per expert are data (`MoE.run_experts` runs outside the graph)."""
+        return not isinstance(self.mlp, MoE)
+
     def residual(self, x: torch.Tensor, sublayer, norm: RMSNorm) -> torch.Tensor:
         """x + norm(sublayer(x)) (reordered, OLMo 2) or x + sublayer(norm(x)) (pre-norm)."""
         return x + norm(sublayer(x)) if self.reordered else x + sublayer(norm(x))
