@@ -93,3 +93,16 @@ def test_cli_bad_widths_is_one_line(token_data, tmp_path, capsys, widths, needle
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--widths" in lines[0] and needle in lines[0], err
     assert not (tmp_path / "cc").exists()
+
+
+MOE = {"moe_num_experts": 4, "moe_top_k": 2}
+"""A mixture of experts in place of each MLP: its router and experts are hidden matrices for µP."""
+
+
+def test_moe_mlp_is_flat_under_mup_and_grows_under_standard(token_data, tmp_path, one_thread):
+    widths = WIDTHS[:3]
+    mup = coord_check(run_config(token_data, tmp_path, parametrization="mup", mup_base_d_model=64, **MOE), widths,
+                      steps=5, seeds=1)  # fmt: skip
+    standard = coord_check(run_config(token_data, tmp_path, **MOE), widths, steps=5, seeds=1)
+    assert spread(mup, "mlp", -1, "delta") < 2 and spread(mup, "logits", -1, "delta") < 2
+    assert increasing(values(standard, "mlp", -1, "delta")) and spread(standard, "mlp", -1, "delta") > 2

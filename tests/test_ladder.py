@@ -63,6 +63,13 @@ def test_plan_follows_the_size_rule_and_budgets(tmp_path, token_data):
     assert run.config.trainer.run_dir == cfg.out / "runs" / "d48-x0.02-s0"
     # mlp_hidden rounds to a multiple of mlp_multiple: 1.3 · 48 = 62.4 → 64.
     assert cfg.replace(mlp_ratio=1.3).mlp_hidden(48) == 64
+    # A mixture-of-experts base: the size rule sets each expert's width, budgets follow the
+    # active parameters (2 of 4 experts), which are what a token's compute scales with.
+    moe = plan_runs(cfg.replace(overrides=["model.moe_num_experts=4", "model.moe_top_k=2"]))
+    run = next(r for r in moe if r.name == "d48-x0.02-s0")
+    size = model_size(run.config.model)
+    assert run.config.model.expert_hidden == 96 and run.params == size.active_non_embedding < size.non_embedding
+    assert run.config.trainer.max_tokens == round(0.02 * 20 * run.params)
 
 
 def test_end_to_end_fit_and_predict(trained, capsys):

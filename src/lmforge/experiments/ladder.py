@@ -94,7 +94,7 @@ def plan_runs(cfg: LadderConfig, base: RunConfig | None = None) -> list[PlannedR
                                        n_kv_heads=None, mlp_hidden=shape.mlp_hidden)
         except ConfigError as e:
             raise ConfigError(f"{where}: d_model={d_model} gives an invalid model: {e}") from None
-        params = model_size(model).non_embedding
+        params = model_size(model).active_non_embedding  # an MoE: what one token runs
         tokens = max(1, round(multiple * CHINCHILLA_TOKENS_PER_PARAM * params))
         steps = -(-tokens // base.trainer.batch_tokens)
         for seed in cfg.seeds:

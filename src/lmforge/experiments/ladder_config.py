@@ -71,7 +71,9 @@ class LadderConfig(Config):
     of Kaplan et al. and the OLMo ladders: an embedding row is a lookup, not a matmul, so it
     neither costs compute nor behaves like the other weights as the model grows (the output head
     is a real matmul and counts). Budgets become trainer.max_tokens (the trainer rounds up to
-    whole steps), so each budget is its own run with its own schedule to the end."""
+    whole steps), so each budget is its own run with its own schedule to the end. For a mixture
+    of experts N is the *active* non-embedding parameters (k of E experts: what a token's compute
+    scales with; `model_size(cfg).active_non_embedding`)."""
     warmup_fraction: float = 0.1
     """optim.warmup_steps = ceil(warmup_fraction · steps) of each run's own steps."""
 
