@@ -63,6 +63,15 @@ def copy_weights(ours: Transformer, theirs) -> None:
             layer.mlp.experts.down_proj.copy_(moe.w_down)
 
 
+def same_weights(cfg: ModelConfig, seed: int):
+    """Our model of `cfg` from `seed` and transformers' of the same shape holding its weights."""
+    torch.manual_seed(seed)
+    ours = Transformer(cfg).eval()
+    theirs = hf_model(cfg)
+    copy_weights(ours, theirs)
+    return ours, theirs
+
+
 CASES = {
     "olmoe": dict(norm_placement="pre"),
     "olmoe-norm-topk": dict(norm_placement="pre", moe_norm_topk_prob=True),
@@ -74,11 +83,8 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_and_router_equal_transformers(case):
-    torch.manual_seed(0)
     cfg = small(**CASES[case])
-    ours = Transformer(cfg).eval()
-    theirs = hf_model(cfg)
-    copy_weights(ours, theirs)
+    ours, theirs = same_weights(cfg, 0)
     tokens = torch.randint(0, VOCAB, (3, 37))
     with torch.no_grad():
         logits = ours(tokens)
@@ -99,11 +105,8 @@ def test_logits_and_router_equal_transformers(case):
 
 
 def test_router_logits_equal_transformers_router_on_the_same_input():
-    torch.manual_seed(1)
     cfg = small(norm_placement="pre")
-    ours = Transformer(cfg).eval()
-    theirs = hf_model(cfg)
-    copy_weights(ours, theirs)
+    ours, theirs = same_weights(cfg, 1)
     x = torch.randn(50, cfg.d_model)
     moe: MoE = ours.blocks[0].mlp
     router = theirs.model.layers[0].mlp.gate
@@ -144,11 +147,8 @@ def test_dense_configs_are_unchanged_and_moe_options_are_checked():
 def test_greedy_generation_with_the_kv_cache_equals_transformers(case):
     from lmforge.model.generate import generate
 
-    torch.manual_seed(2)
     cfg = small(**CASES[case])
-    ours = Transformer(cfg).eval()
-    theirs = hf_model(cfg)
-    copy_weights(ours, theirs)
+    ours, theirs = same_weights(cfg, 2)
     prompt = torch.randint(2, VOCAB, (2, 7))
     with torch.no_grad():
         mine = generate(ours, prompt, 12, vocab_size=VOCAB)
@@ -232,3 +232,17 @@ def test_per_block_compile_takes_moe_blocks(one_thread):
         assert torch.allclose(x, y, rtol=1e-5)
     for p, q in zip(eager.parameters(), compiled.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_a_folder_missing_an_expert_names_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lmforge.errors import LmforgeError
+    from lmforge.model.hf import from_hf, to_hf
+
+    to_hf(Transformer(small()), tmp_path / "hf", eos_token_id=1, pad_token_id=0)
+    tensors = load_file(tmp_path / "hf" / "model.safetensors")
+    del tensors["model.layers.1.mlp.experts.3.up_proj.weight"]
+    save_file(tensors, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(LmforgeError, match=r"model\.layers\.1\.mlp\.experts\.3\.up_proj\.weight is missing \(expert 3 of layer 1\)"):
+        from_hf(tmp_path / "hf")

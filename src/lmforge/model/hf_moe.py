@@ -32,8 +32,6 @@ NORM_KEYS = {
 }  # fmt: skip
 ROUTER_KEY = ("blocks.{}.mlp.router.weight", "model.layers.{}.mlp.gate.weight")
 EXPERT_KEY = "model.layers.{}.mlp.experts.{}.{}_proj.weight"
-FUSED_KEYS = ("model.layers.{}.mlp.experts.gate_up_proj", "model.layers.{}.mlp.experts.down_proj")
-"""How transformers 5.x holds experts in memory; accepted on import too, should a folder carry them."""
 
 
 def block_keys(cfg: ModelConfig, attention_keys: Mapping[str, str]) -> dict[str, str]:
@@ -55,15 +53,10 @@ def expert_tensors(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> dict[
 
 
 def stack_experts(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Our stacked expert parameters from a folder's tensors (the per-expert keys, or 5.x's fused
-    ones), which are removed from `tensors`; LmforgeError naming a missing key."""
+    """Our stacked expert parameters from a folder's per-expert tensors, which are removed from
+    `tensors`; LmforgeError naming a missing key."""
     out = {}
     for i in range(cfg.n_layers):
-        fused_gate_up, fused_down = (k.format(i) for k in FUSED_KEYS)
-        if fused_gate_up in tensors and fused_down in tensors:
-            out[f"blocks.{i}.mlp.w_gate_up"] = tensors.pop(fused_gate_up)
-            out[f"blocks.{i}.mlp.w_down"] = tensors.pop(fused_down)
-            continue
         gate_up, down = [], []
         for e in range(cfg.moe_num_experts):
             try:
