@@ -7,6 +7,7 @@ given step (see test_spikes.InjectBadBatch). Test-only.
 """
 
 import argparse
+import logging
 import os
 import signal
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--kill-after-step", type=int, default=-1)
     parser.add_argument("--inject-bad-batch-at", type=int, default=-1, help="see test_spikes.InjectBadBatch")
     args, overrides = parser.parse_known_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # as the CLI logs: rank 0's progress lines
     cfg = RunConfig.from_yaml(args.config, overrides)
     callbacks = default_callbacks(cfg) + [KillRank(args.kill_rank, args.kill_after_step)]
     if args.inject_bad_batch_at > 0:

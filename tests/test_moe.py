@@ -59,8 +59,8 @@ def copy_weights(ours: Transformer, theirs) -> None:
                 layer.post_attention_layernorm.weight.copy_(block.mlp_norm.weight)
             moe = block.mlp
             layer.mlp.gate.weight.copy_(moe.router.weight)
-            layer.mlp.experts.gate_up_proj.copy_(moe.w_gate_up)
-            layer.mlp.experts.down_proj.copy_(moe.w_down)
+            layer.mlp.experts.gate_up_proj.copy_(moe.experts.w_gate_up)
+            layer.mlp.experts.down_proj.copy_(moe.experts.w_down)
 
 
 def same_weights(cfg: ModelConfig, seed: int):
@@ -246,3 +246,12 @@ def test_a_folder_missing_an_expert_names_it(tmp_path):
     save_file(tensors, tmp_path / "hf" / "model.safetensors")
     with pytest.raises(LmforgeError, match=r"model\.layers\.1\.mlp\.experts\.3\.up_proj\.weight is missing \(expert 3 of layer 1\)"):
         from_hf(tmp_path / "hf")
+
+
+def test_export_of_an_moe_layout_transformers_cannot_hold_names_the_field(tmp_path):
+    from lmforge.errors import LmforgeError
+    from lmforge.model.hf import check_exportable
+
+    for placement, target in (("pre", "OlmoeForCausalLM"), ("reordered", "FlexOlmoForCausalLM")):
+        with pytest.raises(LmforgeError, match=rf"^model.qk_norm=false cannot be exported to transformers' {target}"):
+            check_exportable(small(qk_norm=False, norm_placement=placement))

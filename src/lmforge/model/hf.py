@@ -158,8 +158,10 @@ def check_exportable(cfg: ModelConfig) -> None:
             "whose norms sit on each sublayer's output; only norm_placement: reordered exports"
         )
     if not cfg.qk_norm:
+        target = ("OlmoeForCausalLM" if cfg.norm_placement == "pre" else "FlexOlmoForCausalLM") if cfg.is_moe \
+            else "Olmo2ForCausalLM"
         raise LmforgeError(
-            "model.qk_norm=false cannot be exported to transformers' Olmo2ForCausalLM, which always applies "
+            f"model.qk_norm=false cannot be exported to transformers' {target}, which always applies "
             "QK-norm; only qk_norm: true exports"
         )
 

@@ -44,7 +44,7 @@ def expert_tensors(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> dict[
     H = cfg.expert_hidden
     out = {}
     for i in range(cfg.n_layers):
-        gate_up, down = state[f"blocks.{i}.mlp.w_gate_up"], state[f"blocks.{i}.mlp.w_down"]
+        gate_up, down = state[f"blocks.{i}.mlp.experts.w_gate_up"], state[f"blocks.{i}.mlp.experts.w_down"]
         for e in range(cfg.moe_num_experts):
             out[EXPERT_KEY.format(i, e, "gate")] = gate_up[e, :H]
             out[EXPERT_KEY.format(i, e, "up")] = gate_up[e, H:]
@@ -65,8 +65,8 @@ def stack_experts(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: st
                 raise LmforgeError(f"{source}: weight {missing.args[0]} is missing (expert {e} of layer {i})") from None
             gate_up.append(torch.cat([gate, up]))
             down.append(d)
-        out[f"blocks.{i}.mlp.w_gate_up"] = torch.stack(gate_up)
-        out[f"blocks.{i}.mlp.w_down"] = torch.stack(down)
+        out[f"blocks.{i}.mlp.experts.w_gate_up"] = torch.stack(gate_up)
+        out[f"blocks.{i}.mlp.experts.w_down"] = torch.stack(down)
     return out
 
 

@@ -9,8 +9,9 @@ This is transformers' `OlmoeSparseMoeBlock` (and FlexOlmo's, the same MLP in an 
 Dispatch is dropless: every token reaches all its k experts, whatever the imbalance. The N·k
 (token, expert) assignments are sorted by expert, so each expert runs once on one contiguous
 slice of rows, and the weighted results are added back to their tokens in one `index_add_`.
-Experts are stacked (E, …) parameters, the layout expert parallelism shards along E; each
-expert's gate and up projections are one (2H, D) matrix, gate rows first, as in transformers.
+Experts are stacked (E, …) parameters of one `Experts` module, the layout expert parallelism
+shards along E; each expert's gate and up projections are one (2H, D) matrix, gate rows first,
+as in transformers.
 
 Two auxiliary losses come with each forward (`RouterStats`), as OLMo-core and megablocks define
 them, per layer:
@@ -22,6 +23,7 @@ them, per layer:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -62,6 +64,57 @@ def router_stats(logits: torch.Tensor, probs: torch.Tensor, experts: torch.Tenso
     return RouterStats(lb, z, counts)
 
 
+class Experts(nn.Module):
+    """E SwiGLU experts as stacked (E, …) weights, run on rows already grouped by expert.
+
+    Under expert parallelism (`lmforge.parallel.ep`) a rank holds experts `first` …
+    `first + len − 1` only, and `exchange` carries each expert's rows to the rank holding it
+    and the results back; `grad_scale` then corrects the expert gradients' scale (see there)."""
+
+    expert_parallel = True  # what `lmforge.parallel.ep` looks for: its parameters are (E, …) stacks
+
+    def __init__(self, n_experts: int, d_model: int, hidden: int, device=None):
+        super().__init__()
+        # Gate and up projections of each expert stacked in one (2H, D) matrix: one matmul per
+        # expert instead of two (transformers' OLMoE stores them the same way, gate first).
+        self.w_gate_up = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model, device=device))
+        self.w_down = nn.Parameter(torch.empty(n_experts, d_model, hidden, device=device))
+        self.first = 0
+        self.exchange: Callable | None = None
+        self.grad_scale = 1.0
+
+    def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """`rows` (N·k, D) sorted by expert, `counts` (E,) rows per expert (all E experts)."""
+        if self.exchange is not None:
+            return self.exchange(rows, counts, self.run_local)
+        return self.run_local(rows, counts)
+
+    def run_local(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Each of this module's experts on its contiguous slice of `rows`. Empty slices run
+        too: every expert weight then has a gradient on every rank, as FSDP's reduction needs."""
+        w_gate_up, w_down = self.w_gate_up, self.w_down
+        if self.grad_scale != 1.0:
+            w_gate_up, w_down = ScaleGrad.apply(w_gate_up, self.grad_scale), ScaleGrad.apply(w_down, self.grad_scale)
+        out = []
+        for e, rows_e in enumerate(rows.split(counts.tolist())):
+            gate, up = F.linear(rows_e, w_gate_up[e]).chunk(2, dim=-1)
+            out.append(F.linear(F.silu(gate) * up, w_down[e]))
+        return torch.cat(out)
+
+
+class ScaleGrad(torch.autograd.Function):
+    """The identity forward; gradients times `scale` backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts. `stats` holds the `RouterStats` of the last forward: the
     model reads it right after the blocks to add the auxiliary losses (and a recomputation under
@@ -72,15 +125,8 @@ class MoE(nn.Module):
         E, D, H = cfg.moe_num_experts, cfg.d_model, cfg.expert_hidden
         self.top_k, self.norm_topk_prob = cfg.moe_top_k, cfg.moe_norm_topk_prob
         self.router = nn.Linear(D, E, bias=False, device=device)
-        # Gate and up projections of each expert stacked in one (2H, D) matrix: one matmul per
-        # expert instead of two (transformers' OLMoE stores them the same way, gate first).
-        self.w_gate_up = nn.Parameter(torch.empty(E, 2 * H, D, device=device))
-        self.w_down = nn.Parameter(torch.empty(E, D, H, device=device))
+        self.experts = Experts(E, D, H, device=device)
         self.stats: RouterStats | None = None
-
-    @property
-    def n_experts(self) -> int:
-        return self.w_down.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -95,12 +141,8 @@ class MoE(nn.Module):
         rows = rows * weights.reshape(-1)[order, None].to(rows.dtype)
         return torch.zeros_like(h).index_add_(0, token, rows).view(shape)
 
-    @torch.compiler.disable  # data-dependent slice sizes: compiled blocks break cleanly around it
+    # Data-dependent slice sizes (and, with expert parallelism, collectives): compiled blocks
+    # break cleanly around the whole call, the experts' FSDP hooks included.
+    @torch.compiler.disable
     def run_experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Each expert's SwiGLU on its contiguous slice of `rows` (sorted by expert)."""
-        out = []
-        for e, rows_e in enumerate(rows.split(counts.tolist())):
-            if len(rows_e):
-                gate, up = F.linear(rows_e, self.w_gate_up[e]).chunk(2, dim=-1)
-                out.append(F.linear(F.silu(gate) * up, self.w_down[e]))
-        return torch.cat(out) if out else rows.new_zeros(rows.shape)
+        return self.experts(rows, counts)

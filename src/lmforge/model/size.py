@@ -39,7 +39,7 @@ def model_size(cfg: ModelConfig) -> ModelSize:
     non_embedding = total - embedding + (embedding if cfg.tie_embeddings else 0)
     inactive = 0
     if cfg.is_moe:
-        per_layer = sum(p.numel() for n, p in model.blocks[0].mlp.named_parameters() if n.startswith("w_"))
+        per_layer = sum(p.numel() for p in model.blocks[0].mlp.experts.parameters())
         inactive = cfg.n_layers * per_layer * (cfg.moe_num_experts - cfg.moe_top_k) // cfg.moe_num_experts
     return ModelSize(total=total, non_embedding=non_embedding, inactive=inactive)
 

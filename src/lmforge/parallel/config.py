@@ -23,6 +23,11 @@ class ParallelConfig(Config):
     dp_shard: int = -1
     """Ranks each parameter is sharded over; -1 = all ranks of a replica group
     (world size / dp_replicate). dp_replicate × dp_shard must equal the world size."""
+    ep: int = 1
+    """Expert parallel degree (MoE models): each layer's experts are spread over EP groups of
+    `ep` consecutive ranks, tokens exchanged with all_to_all; must divide the world size and
+    model.moe_num_experts. Every rank still trains on its own rows (EP borrows from data
+    parallelism); the rest of the model is FSDP-sharded over all ranks. 1 = no EP."""
     param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Dtype of parameters in forward/backward (FSDP's mixed-precision policy; master weights
     and optimizer state stay fp32). 'auto' = bfloat16 on cuda, float32 on cpu."""
@@ -47,6 +52,10 @@ class ParallelConfig(Config):
         require(self.dp_replicate >= 1, "parallel.dp_replicate", f"must be ≥ 1, got {self.dp_replicate}")
         require(self.dp_shard == -1 or self.dp_shard >= 1, "parallel.dp_shard",
                 f"must be ≥ 1, or -1 for all ranks of a replica group; got {self.dp_shard}")
+        require(self.ep >= 1, "parallel.ep", f"must be ≥ 1 (1: no expert parallelism), got {self.ep}")
+        require(self.ep == 1 or self.dp_replicate == 1, "parallel.ep",
+                f"expert parallelism runs on plain FSDP meshes; set parallel.dp_replicate: 1 (got {self.dp_replicate}) "
+                "or parallel.ep: 1")
         require(self.ac_every >= 1, "parallel.ac_every", f"must be ≥ 1, got {self.ac_every}")
         require(self.loss_chunk_tokens >= -1, "parallel.loss_chunk_tokens",
                 f"must be a token count, 0 (no chunking) or -1 (auto); got {self.loss_chunk_tokens}")

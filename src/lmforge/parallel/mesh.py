@@ -33,6 +33,9 @@ class World:
     mesh: DeviceMesh | None
     """1-D ('dp_shard',) for FSDP, 2-D ('dp_replicate', 'dp_shard') for HSDP; None when the
     run is one process without a process group."""
+    ep_mesh: DeviceMesh | None = None
+    """With expert parallelism (`parallel.ep` > 1): the same ranks as 2-D ('ep_dp', 'ep'),
+    EP groups of consecutive ranks (`lmforge.parallel.ep`)."""
 
     @property
     def is_main(self) -> bool:
@@ -115,11 +118,21 @@ def mesh_shape(cfg: ParallelConfig, world_size: int) -> tuple[int, int]:
     return replicate, shard
 
 
+def check_ep(cfg: ParallelConfig, world_size: int) -> None:
+    """`parallel.ep` must split the world into whole EP groups."""
+    if cfg.ep > 1 and world_size % cfg.ep:
+        raise ConfigError(
+            f"parallel.ep={cfg.ep} does not divide the world size {world_size} (processes started by torchrun); "
+            f"pick a divisor of {world_size}"
+        )
+
+
 def init_world(cfg: ParallelConfig) -> World:
     """Join the torchrun world (or start a one-rank one on a GPU) and build the mesh."""
     device = resolve_device(cfg)
     under_torchrun = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     if not under_torchrun and device.type == "cpu":
+        check_ep(cfg, 1)
         return World(rank=0, size=1, device=device, mesh=None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -133,6 +146,7 @@ def init_world(cfg: ParallelConfig) -> World:
     rank, size = dist.get_rank(), dist.get_world_size()
     try:
         replicate, shard = mesh_shape(cfg, size)
+        check_ep(cfg, size)
     except ConfigError:
         dist.destroy_process_group()
         raise
@@ -140,4 +154,7 @@ def init_world(cfg: ParallelConfig) -> World:
         mesh = init_device_mesh(device.type, (shard,), mesh_dim_names=("dp_shard",))
     else:
         mesh = init_device_mesh(device.type, (replicate, shard), mesh_dim_names=("dp_replicate", "dp_shard"))
-    return World(rank=rank, size=size, device=device, mesh=mesh)
+    ep_mesh = None
+    if cfg.ep > 1:
+        ep_mesh = init_device_mesh(device.type, (size // cfg.ep, cfg.ep), mesh_dim_names=("ep_dp", "ep"))
+    return World(rank=rank, size=size, device=device, mesh=mesh, ep_mesh=ep_mesh)

@@ -180,6 +180,12 @@ class RunConfig(Config):
             "trainer.micro_batch_size",
             f"{t.micro_batch_size} must divide the {instances} instances of a batch (batch_tokens / seq_len)",
         )
+        ep, experts = self.parallel.ep, self.model.moe_num_experts
+        if ep > 1:
+            require(experts > 0, "parallel.ep", f"{ep} spreads experts over ranks, but the model is dense "
+                    "(model.moe_num_experts: 0); set parallel.ep: 1 or give the model experts")
+            require(experts % ep == 0, "parallel.ep",
+                    f"{ep} does not divide model.moe_num_experts={experts}; pick a divisor of {experts}")
         if self.evals.tasks:
             require(self.tokenizer is not None, "evals.tasks",
                     "scoring tasks needs the run's tokenizer: set tokenizer (the tokenizer.json the data was made with)")

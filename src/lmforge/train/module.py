@@ -26,6 +26,7 @@ from lmforge.data.dataset import IGNORE_INDEX, Batch
 from lmforge.model.loss import LossParts
 from lmforge.model.transformer import Transformer
 from lmforge.parallel import World, parallelize
+from lmforge.parallel.ep import expert_grad_norm_sq, expert_slices, global_state, local_state
 from lmforge.parallel.fsdp import clip_grad_norm, copy_full_into, set_gradient_sync
 from lmforge.train.config import RunConfig
 from lmforge.train.optim import build_optimizer, set_lr
@@ -36,9 +37,10 @@ class TrainModule:
         self.cfg, self.world = cfg, world
         self.device = world.device
         model = Transformer(cfg.model, device="meta")
-        parallelize(model, cfg.parallel, world)
+        self.experts = parallelize(model, cfg.parallel, world)  # expert parallelism's layout, or None
+        self.expert_slices = expert_slices(model)  # EP: {expert weight: the experts this rank holds}
         model.to_empty(device=self.device)
-        init_weights(model, cfg.trainer.seed, self.device)
+        init_weights(model, cfg.trainer.seed, self.device, self.expert_slices)
         self.model = model
         self.optimizer = build_optimizer(model, cfg.optim, cfg.model, fused=self.device.type == "cuda")
         self.micro_batch_size = cfg.trainer.micro_batch_size
@@ -80,7 +82,7 @@ class TrainModule:
                 expert_counts = parts.expert_counts if expert_counts is None else expert_counts + parts.expert_counts
             (loss * (self.grad_scale / n_tokens)).backward()
             sums[:2] += torch.stack([parts.ce.detach(), parts.z.detach()])
-        grad_norm = clip_grad_norm(model.parameters(), optim.grad_clip)
+        grad_norm = clip_grad_norm(model.named_parameters(), optim.grad_clip, self._expert_norm_sq, self.expert_slices)
         sums = self.world.all_reduce_sum(sums) / n_tokens
         metrics = {"loss": sums[0], "z_loss": sums[1], "grad_norm": grad_norm, "masked_instances": counts[1]}
         if expert_counts is not None:
@@ -110,6 +112,10 @@ class TrainModule:
         self.model.train()
         return torch.cat(out)
 
+    def _expert_norm_sq(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        assert self.experts is not None  # only called with expert weights, which exist under EP only
+        return expert_grad_norm_sq(grads, self.experts)
+
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> LossParts:
         return self.model(inputs, targets=targets, z_loss_weight=self.cfg.optim.z_loss,
                           loss_chunk_tokens=self.loss_chunk_tokens)
@@ -129,14 +135,19 @@ class TrainModule:
         `torch.distributed.checkpoint` saves them: sharded tensors on every rank, written once,
         loadable on any other number of ranks."""
         opts = StateDictOptions(full_state_dict=False, cpu_offload=False)
-        return {
+        state = {
             "model": get_model_state_dict(self.model, options=opts),
             "optim": get_optimizer_state_dict(self.model, self.optimizer, options=opts),
         }
+        if self.experts is not None:  # expert weights at their full (E, …) shape, for any layout
+            global_state(state, set(self.expert_slices), self.experts)
+        return state
 
     def load_state_dict(self, state: dict[str, dict[str, Any]]) -> None:
         """Load 'model' and, when present, 'optim' (shaped as `state_dict()` returns them)."""
         opts = StateDictOptions(full_state_dict=False, strict=True)
+        if self.experts is not None:
+            local_state(state, set(self.expert_slices), self.experts)
         set_model_state_dict(self.model, state["model"], options=opts)
         if "optim" in state:
             set_optimizer_state_dict(self.model, self.optimizer, state["optim"], options=opts)
@@ -146,7 +157,8 @@ class TrainModule:
         """Unsharded parameter values (e.g. a consolidated checkpoint) into the possibly
         sharded model: each rank keeps its slice."""
         for name, param in self.model.named_parameters():
-            copy_full_into(param, tensors[name].to(device=self.device, dtype=param.dtype))
+            full = tensors[name][self.expert_slices.get(name, slice(None))]  # EP: this rank's experts
+            copy_full_into(param, full.to(device=self.device, dtype=param.dtype))
 
 
 @torch.no_grad()
@@ -158,11 +170,17 @@ def expert_shares(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"expert_share": share.mean(dim=0), "expert_imbalance": share.max() * counts.shape[-1]}
 
 
-def init_weights(model: torch.nn.Module, seed: int, device: torch.device) -> None:
+def init_weights(model: torch.nn.Module, seed: int, device: torch.device,
+                 expert_slices: dict[str, slice] | None = None) -> None:
     """Initialise every parameter as the unsharded model would (`Transformer.init_parameter`
-    draws each full tensor from a generator of its own); sharded ranks keep their slice."""
+    draws each full tensor from a generator of its own); sharded ranks keep their slice, and
+    under expert parallelism only their experts' rows of the full (E, …) tensor."""
+    expert_slices = expert_slices or {}
     for name, param in model.named_parameters():
-        full = torch.empty(param.shape, dtype=param.dtype, device=device)
+        shape = param.shape
+        if name in expert_slices:
+            shape = (model.cfg.moe_num_experts, *shape[1:])
+        full = torch.empty(shape, dtype=param.dtype, device=device)
         model.init_parameter(name, full, seed)
-        copy_full_into(param, full)
+        copy_full_into(param, full[expert_slices.get(name, slice(None))])
     model.reset_buffers()

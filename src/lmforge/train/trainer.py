@@ -42,7 +42,7 @@ TRAINER_STATE = "trainer.json"
 RESUME_MAY_CHANGE = {
     *(f"trainer.{k}" for k in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
                                "async_checkpoint")),
-    *(f"parallel.{k}" for k in ("device", "dp_replicate", "dp_shard", "activation_checkpointing", "ac_every",
+    *(f"parallel.{k}" for k in ("device", "dp_replicate", "dp_shard", "ep", "activation_checkpointing", "ac_every",
                                  "compile", "loss_chunk_tokens", "prefetch_batches")),
 }
 
