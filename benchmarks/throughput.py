@@ -5,6 +5,7 @@ shape, in one process (and against OLMo-core's figures from the same machine, if
     python3 benchmarks/throughput.py --preset olmo2-190m --seq 2048 --micro-batch 16
     .venv/bin/python benchmarks/throughput.py --preset tiny            # CPU: tiny, seq 256, 16 instances
     .venv/bin/python benchmarks/throughput.py --preset tiny-moe        # CPU: 8 experts, top-2, against FlexOlmoForCausalLM
+                                                                       # (its default grouped_mm experts and its eager loop)
 
 Random tokens, one micro-batch per optimizer step, warm-up steps untimed, then `--steps`
 timed steps per round; rounds alternate between the cases (`--repeats`) and medians are
@@ -77,9 +78,11 @@ def lmforge_case(args, world, **parallel) -> tuple[Step, dict]:
     return (lambda: module.train_batch(batch, 1e-4)["loss"]), info
 
 
-def hf_moe_model(cfg):
+def hf_moe_model(cfg, experts: str | None = None):
     """transformers' MoE of our MoE's shape: OlmoeForCausalLM for pre-norm, FlexOlmoForCausalLM
-    (the same MLP in an OLMo 2 block) for reordered. Both run their experts one after another."""
+    (the same MLP in an OLMo 2 block) for reordered. `experts`: transformers' experts
+    implementation (None: its default, `grouped_mm` in 5.x; 'eager': a Python loop over the
+    experts that received tokens)."""
     import transformers
 
     kwargs = dict(vocab_size=cfg.padded_vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.expert_hidden,
@@ -88,12 +91,14 @@ def hf_moe_model(cfg):
                   num_experts_per_tok=cfg.moe_top_k, norm_topk_prob=cfg.moe_norm_topk_prob,
                   tie_word_embeddings=cfg.tie_embeddings, pad_token_id=0, eos_token_id=1,
                   rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, attn_implementation="sdpa")  # fmt: skip
+    if experts is not None:
+        kwargs["experts_implementation"] = experts
     if cfg.norm_placement == "pre":
         return transformers.OlmoeForCausalLM(transformers.OlmoeConfig(**kwargs))
     return transformers.FlexOlmoForCausalLM(transformers.FlexOlmoConfig(**kwargs))
 
 
-def transformers_case(args, device: torch.device) -> tuple[Step, dict]:
+def transformers_case(args, device: torch.device, experts: str | None = None) -> tuple[Step, dict]:
     from transformers import Olmo2Config, Olmo2ForCausalLM
 
     from lmforge.model.config import ModelConfig
@@ -102,7 +107,7 @@ def transformers_case(args, device: torch.device) -> tuple[Step, dict]:
 
     cfg = ModelConfig.preset(args.preset, max_seq_len=max(args.seq, 16), **({"vocab_size": args.vocab} if args.vocab else {}))
     with torch.device(device):  # initialise where it trains (a 1B model inits slowly on the host)
-        model = hf_moe_model(cfg) if cfg.is_moe else Olmo2ForCausalLM(Olmo2Config(
+        model = hf_moe_model(cfg, experts) if cfg.is_moe else Olmo2ForCausalLM(Olmo2Config(
             **{**hf_config(cfg, eos_token_id=0, pad_token_id=1, dtype=torch.float32),
                "vocab_size": cfg.padded_vocab_size}, attn_implementation="sdpa"))  # the same matmul shapes as ours
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
@@ -211,8 +216,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="rounds, cases alternating (default 1 GPU, 5 CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile both (default: on GPU only)")
-    parser.add_argument("--cases", default="lmforge,no-z-loss,materialised,transformers",
-                        help="comma list of: lmforge, no-z-loss, materialised, transformers")
+    parser.add_argument("--cases", default=None,
+                        help="comma list of: lmforge, no-z-loss, materialised, transformers, transformers-loop "
+                             "(MoE: transformers with its eager expert loop); default all that apply")
     parser.add_argument("--find-max-micro-batch", action="store_true",
                         help="GPU: largest micro-batch with/without AC (searched eagerly: no recompiles per size)")
     parser.add_argument("--olmo-core", type=Path, help="JSON written by olmo_core_throughput.py on this machine")
@@ -242,7 +248,13 @@ def main() -> int:
         "no-z-loss": ("lmforge no z-loss", lambda: lmforge_case(args, world, z_loss=0.0)),
         "materialised": ("lmforge materialised logits", lambda: lmforge_case(args, world, loss_chunk_tokens=0)),
         "transformers": ("transformers (no z-loss)", lambda: transformers_case(args, device)),
+        "transformers-loop": ("transformers experts loop", lambda: transformers_case(args, device, "eager")),
     }
+    if args.cases is None:
+        from lmforge.model.config import ModelConfig
+
+        is_moe = ModelConfig.preset(args.preset).is_moe
+        args.cases = ",".join(c for c in every_case if is_moe or c != "transformers-loop")
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in every_case]
     if unknown or "lmforge" not in chosen:
@@ -294,6 +306,7 @@ def main() -> int:
     rates = {case: r["tokens_per_s"] for case, r in result["cases"].items()}
     ratios = {}
     for label, other, cost in (("lmforge / transformers", "transformers (no z-loss)", False),
+                               ("lmforge / transformers experts loop", "transformers experts loop", False),
                                ("z-loss cost (1 - with / without)", "lmforge no z-loss", True),
                                ("fused loss / materialised logits", "lmforge materialised logits", False)):
         if other in rates:

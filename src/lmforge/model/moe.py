@@ -137,8 +137,10 @@ class MoE(nn.Module):
         flat = experts.reshape(-1)  # (N·k,): assignment j is token j // k
         order = flat.argsort(stable=True)  # assignments grouped by expert, tokens in order within one
         token = order // self.top_k
-        rows = self.run_experts(h[token], self.stats.counts)  # (N·k, D)
-        rows = rows * weights.reshape(-1)[order, None].to(rows.dtype)
+        # index_select, not h[token]: its backward is an index_add_, several times faster on
+        # CPU than the accumulating index_put that advanced indexing's backward runs
+        rows = self.run_experts(h.index_select(0, token), self.stats.counts)  # (N·k, D)
+        rows = rows * weights.reshape(-1).index_select(0, order)[:, None].to(rows.dtype)
         return torch.zeros_like(h).index_add_(0, token, rows).view(shape)
 
     # Data-dependent slice sizes (and, with expert parallelism, collectives): compiled blocks
