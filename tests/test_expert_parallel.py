@@ -66,9 +66,26 @@ def test_ep_two_ranks_with_compile_match_one_process_and_resume_on_one(token_dat
     assert "expert parallel over 2 ranks (2 of 4 experts per rank in 2 layers)" in killed.stderr
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-12"
     assert_same_curve(reference[:13], rows(run_dir))  # steps 0-12 on 2 ranks
+    export_loads_in_transformers(run_dir / "checkpoints" / "step-12", tmp_path / "hf")
     resumed = lmforge_train(1, cfg, "--parallel.ep=1", "--parallel.compile=false")
     assert f"resumed from {run_dir / 'checkpoints' / 'step-12'} (step 12" in resumed.stderr
     assert_same_curve(reference, rows(run_dir))
+
+
+def export_loads_in_transformers(step: Path, out: Path) -> None:
+    """A checkpoint written by EP ranks exports whole: transformers' FlexOlmo gives our logits."""
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.cli import main
+    from lmforge.model.io import load_model
+
+    assert main(["export", str(step), str(out)]) == 0
+    ours = load_model(step).eval()
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == "FlexOlmoForCausalLM"
+    tokens = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, ours(tokens)[..., :512], rtol=0, atol=1e-5)
 
 
 @pytest.mark.distributed
