@@ -56,7 +56,7 @@ def plan(out: Path) -> list[Any]:
 def train_one(out: Path, run: Any) -> dict[str, Any]:
     from lmforge.experiments import runner
     from lmforge.model.size import flops_per_token, model_size
-    from lmforge.train.trainer import train
+    from lmforge.experiments.train_run import train
 
     runner.launch(run, out / "runs" / f"{run.name}.yaml", nproc=1, in_process=train, what="experiment")
     rows = runner.read_metrics(run.run_dir)

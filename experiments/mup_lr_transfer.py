@@ -115,7 +115,7 @@ def fmt_time(seconds: float) -> str:
 def sweep(out: Path, base: Path, params, widths, lrs, overrides: list[str], keep_checkpoints: bool) -> None:
     import torch
 
-    from lmforge.train.trainer import train
+    from lmforge.experiments.train_run import train
 
     results_path = out / "results.jsonl"
     done = read_results(results_path)

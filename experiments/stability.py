@@ -71,7 +71,7 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
 def train_all(args: argparse.Namespace, out: Path) -> None:
     from lmforge.demo import prepare_data
     from lmforge.train.config import RunConfig
-    from lmforge.train.trainer import train
+    from lmforge.experiments.train_run import train
 
     data = REPO / "runs" / "demo"
     prepare_data(data, verbose=False)  # the demo's tokenizer and token folders, made once

@@ -169,7 +169,7 @@ def test_mup_run_checkpoint_records_parametrization_and_exports(token_data, tmp_
     from lmforge.model.io import load_model
     from lmforge.train.checkpoint import find_resumable
     from lmforge.train.config import RunConfig
-    from lmforge.train.trainer import train
+    from lmforge.experiments.train_run import train
 
     cfg = RunConfig.from_dict({
         "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 4, "mlp_hidden": 128,

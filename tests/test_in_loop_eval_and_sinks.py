@@ -30,8 +30,10 @@ def rows(run_dir):
 def test_in_loop_tasks_equal_lmforge_eval_on_the_checkpoint(token_data, tmp_path):
     from lmforge.eval.harness import evaluate
 
+    from lmforge.experiments.train_run import train
+
     run = tmp_path / "run"
-    Trainer(RunConfig.from_dict(config(token_data, run, evals={"tasks": ["arc_easy"], "every": 3, "limit": 30}))).fit()
+    train(RunConfig.from_dict(config(token_data, run, evals={"tasks": ["arc_easy"], "every": 3, "limit": 30})))
     key = "eval/arc_easy:rc_0shot/acc_raw"
     scored = {r["step"]: r[key] for r in rows(run) if key in r}
     assert sorted(scored) == [0, 3, 6]
@@ -69,3 +71,14 @@ def test_tensorboard_and_wandb_get_the_rows_of_metrics_jsonl(token_data, tmp_pat
     # wandb 0.31 ships no reader for its record file; its history items hold each value as JSON text.
     records = offline[0].read_bytes()
     assert all(json.dumps(r["loss"]).encode() in records for r in logged if "loss" in r)
+
+
+def test_a_trainer_with_tasks_but_no_eval_callback_says_how_to_build_one(token_data, tmp_path):
+    """`lmforge.train` never imports evaluation: whoever owns the loop assembles its callbacks."""
+    from lmforge.errors import LmforgeError
+
+    cfg = RunConfig.from_dict(config(token_data, tmp_path / "run", evals={"tasks": ["arc_easy"]}))
+    with pytest.raises(LmforgeError, match=r"^evals.tasks is set but no downstream-eval callback was given; build "
+                                           r"the callbacks with lmforge.experiments.train_run.run_callbacks\(cfg\)"):
+        Trainer(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

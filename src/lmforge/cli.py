@@ -84,8 +84,8 @@ def cmd_model_info(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from lmforge.experiments.train_run import train
     from lmforge.train.config import RunConfig
-    from lmforge.train.trainer import train
 
     overrides = list(args.overrides)
     if args.init_from:

@@ -16,7 +16,7 @@ import torch
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.eval.harness import evaluate_task, parse_tasks
 from lmforge.eval.tasks import Task, load_task
-from lmforge.train.callbacks import Callback
+from lmforge.train.callbacks import DOWNSTREAM_EVAL, Callback
 from lmforge.train.config import DownstreamEvalConfig
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 class DownstreamEval(Callback):
     priority = 15  # after validation, before the logger writes the row
-    name = "downstream_eval"
+    name = DOWNSTREAM_EVAL
 
     def __init__(self, cfg: DownstreamEvalConfig, tokenizer: str | Path):
         self.cfg = cfg

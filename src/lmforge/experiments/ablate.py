@@ -35,8 +35,8 @@ from lmforge.experiments import runner
 from lmforge.experiments.ablate_config import AblationConfig, run_name
 from lmforge.experiments.ablate_report import summarize, write_report
 from lmforge.experiments.runner import RESULTS_FILE, read_results
+from lmforge.experiments.train_run import train
 from lmforge.train.config import RunConfig
-from lmforge.train.trainer import train
 
 log = logging.getLogger(__name__)
 

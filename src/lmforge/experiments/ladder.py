@@ -30,10 +30,10 @@ from lmforge.experiments import runner
 from lmforge.experiments.ladder_config import CHINCHILLA_TOKENS_PER_PARAM, LadderConfig, run_name
 from lmforge.experiments.ladder_report import format_markdown
 from lmforge.experiments.runner import RESULTS_FILE, append_result, read_results  # noqa: F401 (re-exported)
+from lmforge.experiments.train_run import train
 from lmforge.fsutil import atomic_write
 from lmforge.model.size import model_size
 from lmforge.train.config import RunConfig
-from lmforge.train.trainer import train
 
 FIT_FILE = "fit.json"
 

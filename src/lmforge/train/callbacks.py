@@ -191,22 +191,25 @@ class Checkpointer(Callback):
 
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
-    """The callbacks a run's config asks for."""
+    """The training callbacks a run's config asks for. Evaluation's (`evals.tasks`) is not
+    among them: `lmforge.experiments.train_run.run_callbacks`, above both training and
+    evaluation, adds it, so `lmforge.train` never imports `lmforge.eval`."""
     from lmforge.train.sinks import TensorBoardSink, WandbSink
     from lmforge.train.spikes import SpikeMonitor
 
     extra: list[Callback] = []
     if cfg.spikes.enabled:
         extra.append(SpikeMonitor(cfg.spikes))
-    if cfg.evals.tasks:
-        from lmforge.eval.in_loop import DownstreamEval  # evaluation sits beside training: imported on demand
-
-        extra.append(DownstreamEval(cfg.evals, cfg.tokenizer))
     if cfg.sinks.tensorboard:
         extra.append(TensorBoardSink())
     if cfg.sinks.wandb:
         extra.append(WandbSink(cfg.sinks.wandb_project, cfg.sinks.wandb_mode))
     return [SpeedMonitor(), Validator(), *extra, MetricsLogger(), Checkpointer()]
+
+
+DOWNSTREAM_EVAL = "downstream_eval"
+"""The name of evaluation's callback (`lmforge.eval.in_loop.DownstreamEval`), which a run with
+`evals.tasks` must be given."""
 
 
 def _plain(value: Any) -> Any:

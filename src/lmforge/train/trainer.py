@@ -27,7 +27,7 @@ from lmforge.model.io import CONFIG_FILE as MODEL_CONFIG_FILE
 from lmforge.model.io import is_hf_folder, load_model, model_folder_problem, save_tokenizer
 from lmforge.parallel import World, init_world
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.callbacks import Callback, append_jsonl, default_callbacks
+from lmforge.train.callbacks import DOWNSTREAM_EVAL, Callback, append_jsonl, default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.module import TrainModule
 from lmforge.train.optim import lr_at
@@ -97,6 +97,11 @@ class Trainer:
         self.callbacks = sorted(default_callbacks(cfg) if callbacks is None else callbacks,
                                 key=lambda c: (-c.priority, c.name))
         names = [c.name for c in self.callbacks]
+        if cfg.evals.tasks and DOWNSTREAM_EVAL not in names:
+            raise LmforgeError(
+                "evals.tasks is set but no downstream-eval callback was given; build the callbacks with "
+                "lmforge.experiments.train_run.run_callbacks(cfg) (what `lmforge train` does)"
+            )
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise LmforgeError(f"two callbacks are named {dup!r}: give each its own `name` (it keys its checkpoint state)")
@@ -369,11 +374,3 @@ def _get(data: dict, dotted: str) -> Any:
         data = data.get(key) if isinstance(data, dict) else None
     return data
 
-
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Train (or resume) the run `cfg` describes; returns the last step's metrics."""
-    trainer = Trainer(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()
