@@ -1,6 +1,6 @@
 """What `lmforge train` does under torchrun, plus faults: SIGKILL one rank right after a given
 step (after that step's checkpoint, if any), as a crashed node would die; or a bad batch at a
-given step (see test_spikes.InjectBadBatch). Test-only.
+given step (see test_spikes.InjectBadBatch), or NaN steps (test_faults.InjectNaN). Test-only.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 tests/dist_worker.py CONFIG \
         [--kill-rank R --kill-after-step N] [--override ...]
@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-after-step", type=int, default=-1)
     parser.add_argument("--inject-bad-batch-at", type=int, default=-1, help="see test_spikes.InjectBadBatch")
+    parser.add_argument("--inject-nan-at", default="", help="steps, e.g. 9,10,11: NaN forwards on the first "
+                                                            "attempt only (see test_faults.InjectNaN)")
     args, overrides = parser.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # as the CLI logs: rank 0's progress lines
     cfg = RunConfig.from_yaml(args.config, overrides)
@@ -42,6 +44,10 @@ def main() -> None:
         from test_spikes import InjectBadBatch  # this script's folder, tests/, is on sys.path
 
         callbacks.append(InjectBadBatch(args.inject_bad_batch_at))
+    if args.inject_nan_at:
+        from test_faults import InjectNaN
+
+        callbacks.append(InjectNaN([int(x) for x in args.inject_nan_at.split(",")], first_attempt_only=True))
     trainer = Trainer(cfg, callbacks=callbacks)
     try:
         trainer.fit()

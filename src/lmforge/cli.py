@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lmforge.cli_data import add_data_commands
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, RollbackRequested
 
 log = logging.getLogger("lmforge")
 
@@ -401,6 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(message)s")
     try:
         args.fn(args)
+    except RollbackRequested as e:
+        print(f"lmforge: {e}", file=sys.stderr)
+        return e.exit_code
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2

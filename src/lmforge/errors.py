@@ -12,3 +12,11 @@ class LmforgeError(Exception):
 
 class ConfigError(LmforgeError):
     """A config field is unknown, mistyped or out of range."""
+
+
+class RollbackRequested(LmforgeError):
+    """Training must restart from an earlier checkpoint (repeated non-finite steps): the run dir
+    records what to skip; the process exits with `exit_code` so a wrapper (torchrun's restarts,
+    a SLURM requeue) can tell it from a bug and simply relaunch."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again

@@ -184,16 +184,27 @@ class Checkpointer(Callback):
     priority = 0
     name = "checkpointer"
 
+    def __init__(self) -> None:
+        self.owed = False  # a checkpoint was due while `trainer.checkpoint_hold` said not now
+
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        t = trainer.cfg.trainer
-        if trainer.step % t.checkpoint_every == 0 or trainer.step == trainer.max_steps or trainer.step in t.keep_steps:
-            trainer.save_checkpoint()
+        t, step = trainer.cfg.trainer, trainer.step
+        if not (self.owed or step % t.checkpoint_every == 0 or step == trainer.max_steps or step in t.keep_steps):
+            return
+        if trainer.checkpoint_hold and step != trainer.max_steps:
+            if not self.owed and trainer.world.is_main:
+                log.info(f"step {step}: checkpoint postponed ({trainer.checkpoint_hold})")
+            self.owed = True
+            return
+        self.owed = False
+        trainer.save_checkpoint()
 
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
     """The training callbacks a run's config asks for. Evaluation's (`evals.tasks`) is not
     among them: `lmforge.experiments.train_run.run_callbacks`, above both training and
     evaluation, adds it, so `lmforge.train` never imports `lmforge.eval`."""
+    from lmforge.train.nonfinite import NonFiniteGuard
     from lmforge.train.sinks import TensorBoardSink, WandbSink
     from lmforge.train.spikes import SpikeMonitor
 
@@ -204,7 +215,7 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
         extra.append(TensorBoardSink())
     if cfg.sinks.wandb:
         extra.append(WandbSink(cfg.sinks.wandb_project, cfg.sinks.wandb_mode))
-    return [SpeedMonitor(), Validator(), *extra, MetricsLogger(), Checkpointer()]
+    return [SpeedMonitor(), Validator(), NonFiniteGuard(cfg.faults), *extra, MetricsLogger(), Checkpointer()]
 
 
 DOWNSTREAM_EVAL = "downstream_eval"

@@ -96,6 +96,11 @@ class TrainerConfig(Config):
     """Complete checkpoints kept; older ones are deleted (0 keeps all)."""
     keep_steps: list[int] = dataclasses.field(default_factory=list)
     """Also checkpoint at these steps, and never prune those checkpoints (e.g. to soup them)."""
+    skip_steps: list[int] = dataclasses.field(default_factory=list)
+    """Steps whose batches are read (the data order is unchanged) but not applied: the weights
+    and optimizer state skip them. A rollback after non-finite steps adds its bad steps to
+    these (RUN/faults/rollbacks.jsonl); a run that skips the same steps from the start is the
+    fault-free run it equals."""
     init_from: Path | None = None
     """Start a new run from this checkpoint's weights (a training checkpoint, or a consolidated
     or souped model folder): mid-training anneals, continued pretraining. Ignored once the run
@@ -112,6 +117,7 @@ class TrainerConfig(Config):
             require(getattr(self, name) > 0, f"trainer.{name}", f"must be positive, got {getattr(self, name)}")
         require(self.keep_checkpoints >= 0, "trainer.keep_checkpoints", "must be ≥ 0")
         require(all(s > 0 for s in self.keep_steps), "trainer.keep_steps", f"steps count from 1, got {self.keep_steps}")
+        require(all(s > 0 for s in self.skip_steps), "trainer.skip_steps", f"steps count from 1, got {self.skip_steps}")
         require(self.init_from is not None or not self.init_optimizer, "trainer.init_optimizer",
                 "needs trainer.init_from (the checkpoint whose optimizer state to take)")
         require(
@@ -119,6 +125,34 @@ class TrainerConfig(Config):
             "trainer.max_steps",
             "set exactly one of trainer.max_steps and trainer.max_tokens",
         )
+
+
+@dataclasses.dataclass(kw_only=True)
+class FaultsConfig(Config):
+    """What a run does when a step goes wrong (`lmforge.train.nonfinite`)."""
+
+    nonfinite_rollback_after: int = 3
+    """A step whose global loss or gradient norm is not finite is never applied (every rank
+    decides alike). This many such steps within `nonfinite_window` steps roll the run back:
+    it exits (code 75) with a record in RUN/faults/rollbacks.jsonl, and the restart resumes
+    from the last checkpoint before the first of them, skipping their batches."""
+    nonfinite_window: int = 0
+    """Steps over which `nonfinite_rollback_after` bad steps are counted; 0 = the same number
+    (that many in a row). No checkpoint is written while a bad step is this recent."""
+    max_rollbacks: int = 2
+    """Rollbacks a run may make; one more stops it with an error instead."""
+
+    @property
+    def window(self) -> int:
+        return self.nonfinite_window or self.nonfinite_rollback_after
+
+    def validate(self) -> None:
+        require(self.nonfinite_rollback_after >= 1, "faults.nonfinite_rollback_after",
+                f"must be ≥ 1 (bad steps that trigger a rollback), got {self.nonfinite_rollback_after}")
+        require(self.nonfinite_window == 0 or self.nonfinite_window >= self.nonfinite_rollback_after,
+                "faults.nonfinite_window", f"must be 0 (= nonfinite_rollback_after) or ≥ nonfinite_rollback_after="
+                f"{self.nonfinite_rollback_after}, got {self.nonfinite_window}")
+        require(self.max_rollbacks >= 1, "faults.max_rollbacks", f"must be ≥ 1, got {self.max_rollbacks}")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -164,6 +198,7 @@ class RunConfig(Config):
     spikes: SpikeConfig = dataclasses.field(default_factory=SpikeConfig)
     evals: DownstreamEvalConfig = dataclasses.field(default_factory=DownstreamEvalConfig)
     sinks: SinksConfig = dataclasses.field(default_factory=SinksConfig)
+    faults: FaultsConfig = dataclasses.field(default_factory=FaultsConfig)
     tokenizer: Path | None = None
     """tokenizer.json the data was made with; copied into checkpoints and exports."""
 

@@ -88,7 +88,13 @@ class TrainModule:
         if expert_counts is not None:
             metrics.update(moe_lb_loss=sums[2], moe_router_z_loss=sums[3], **expert_shares(
                 self.world.all_reduce_sum(expert_counts.float())))
-        if before_step is None or before_step(metrics):
+        # Always on: a step with a non-finite loss or gradient norm is never applied (the values
+        # are global, so every rank decides alike; one host sync per step).
+        finite = bool(torch.isfinite(metrics["loss"]) & torch.isfinite(grad_norm))
+        if not finite:
+            metrics["nonfinite"] = 1
+        apply = before_step is None or before_step(metrics)  # callbacks see every step
+        if finite and apply:
             self.optimizer.step()
         else:
             metrics["skipped_step"] = 1

@@ -30,6 +30,7 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train.callbacks import DOWNSTREAM_EVAL, Callback, append_jsonl, default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.module import TrainModule
+from lmforge.train.nonfinite import rolled_back_steps
 from lmforge.train.optim import lr_at
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ RESUME_MAY_CHANGE = {
                                "async_checkpoint")),
     *(f"parallel.{k}" for k in ("device", "dp_replicate", "dp_shard", "ep", "activation_checkpointing", "ac_every",
                                  "compile", "loss_chunk_tokens", "prefetch_batches")),
+    *(f"faults.{k}" for k in ("nonfinite_rollback_after", "nonfinite_window", "max_rollbacks")),
 }
 
 
@@ -109,6 +111,9 @@ class Trainer:
         self.tokens_seen = 0
         self.max_steps = cfg.max_steps
         self.pending: ckpt.PendingCheckpoint | None = None
+        self.skip_steps: set[int] = set(cfg.trainer.skip_steps)  # + earlier rollbacks' (prepare_run_dir)
+        self.checkpoint_hold: str | None = None
+        """Why no checkpoint may be written now (a recent non-finite step), or None."""
         self._async_groups: dict | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -137,7 +142,11 @@ class Trainer:
         return metrics
 
     def pre_optim_step(self, batch, metrics: dict[str, Any]) -> bool:
-        """Every callback sees the step before it is applied; any may veto it (skip-step)."""
+        """Every callback sees the step before it is applied; any may veto it (skip-step). A
+        step in `skip_steps` (config, or an earlier rollback) is read but never applied."""
+        if self.step in self.skip_steps:
+            metrics["skipped_batch"] = 1
+            return False
         verdicts = [cb.pre_optim_step(self, batch, metrics) for cb in self.callbacks]
         return all(verdicts)
 
@@ -160,6 +169,7 @@ class Trainer:
         problem = self.world.broadcast_object(problem if self.world.is_main else None)
         if problem:
             raise LmforgeError(problem)
+        self.skip_steps |= rolled_back_steps(self.run_dir)
         resume_from = ckpt.find_resumable(self.checkpoint_root, quiet=not self.world.is_main)
         if resume_from is not None:
             self.load_checkpoint(resume_from)

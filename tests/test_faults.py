@@ -1,0 +1,190 @@
+"""Non-finite steps: never applied, and rolled back when they repeat; the relaunch (by hand, or
+torchrun's --max-restarts) finishes equal to a fault-free run that skips the same batches."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_run
+
+from lmforge.errors import ConfigError, LmforgeError, RollbackRequested
+from lmforge.train.callbacks import Callback, default_callbacks
+from lmforge.train.config import RunConfig
+from lmforge.train.nonfinite import ROLLBACKS, read_rollbacks
+from lmforge.train.trainer import Trainer
+
+COMPARED = ("loss", "z_loss", "grad_norm", "val_loss", "lr", "batch_crc", "tokens")
+
+
+class InjectNaN(Callback):
+    """Makes the given steps' forward NaN on every rank (the embedding's output times NaN), so
+    loss and every gradient are NaN; `first_attempt_only` under torchrun's restarts (test-only)."""
+
+    name = "inject_nan"
+    priority = 100
+
+    def __init__(self, steps, first_attempt_only: bool = False):
+        self.steps, self.handle = set(steps), None
+        self.active = not first_attempt_only or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+
+    def pre_step(self, trainer, batch):
+        if self.active and trainer.step in self.steps:
+            embed = trainer.module.model.embed
+            self.handle = embed.register_forward_hook(lambda module, args, out: out * float("nan"))
+
+    def post_step(self, trainer, metrics):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+def config(token_data, run_dir, **trainer):
+    data = tiny_run(token_data, run_dir, max_steps=16, checkpoint_every=4, keep_checkpoints=0, **trainer)
+    data["data"]["validation"] = [str(token_data / "val")]
+    data["trainer"].update(eval_every=8, eval_batches=2)
+    return data
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def fit(data, *extra) -> dict[str, torch.Tensor]:
+    """Train; return the final weights."""
+    cfg = RunConfig.from_dict(data)
+    trainer = Trainer(cfg, callbacks=default_callbacks(cfg) + list(extra))
+    try:
+        trainer.fit()
+        return {k: v.clone() for k, v in trainer.module.model.state_dict().items()}
+    finally:
+        trainer.close()
+
+
+def assert_rows_equal(a, b, except_steps=()):
+    assert [r["step"] for r in a] == [r["step"] for r in b]  # no step lost, none twice
+    for x, y in zip(a, b):
+        if x["step"] not in except_steps:
+            assert {k: x.get(k) for k in COMPARED} == {k: y.get(k) for k in COMPARED}, x["step"]  # bitwise on CPU
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+@pytest.fixture(scope="module")
+def skipping_6(token_data, tmp_path_factory):
+    """The fault-free run that skips step 6's batch."""
+    run_dir = tmp_path_factory.mktemp("skip6") / "run"
+    return fit(config(token_data, run_dir, skip_steps=[6])), rows(run_dir)
+
+
+def test_a_nan_step_is_not_applied_and_equals_skipping_its_batch(token_data, tmp_path, skipping_6, caplog):
+    run_dir = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        weights = fit(config(token_data, run_dir), InjectNaN([6]))
+    reference_weights, reference_rows = skipping_6
+    assert_same_weights(weights, reference_weights)
+    got = rows(run_dir)
+    assert_rows_equal(reference_rows, got, except_steps={6})
+    (bad,) = [r for r in got if r["step"] == 6]
+    assert bad["nonfinite"] == 1 and bad["skipped_step"] == 1 and bad["loss"] != bad["loss"]  # NaN
+    (skipped,) = [r for r in reference_rows if r["step"] == 6]
+    assert skipped["skipped_batch"] == 1 and skipped["batch_crc"] == bad["batch_crc"]  # the same batch, read
+    assert "step 6: loss nan, grad_norm nan (not finite): the step is not applied" in caplog.text
+    # no checkpoint while the bad step is within the window (3 steps): step 8's waits until 9
+    assert "step 8: checkpoint postponed (step 6 was not finite)" in caplog.text
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    assert names == ["step-12", "step-16", "step-4", "step-9"]
+    assert not (run_dir / ROLLBACKS).exists()  # one bad step is not a rollback
+
+
+@pytest.fixture(scope="module")
+def skipping_9_to_11(token_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("skip9") / "run"
+    return fit(config(token_data, run_dir, skip_steps=[9, 10, 11])), rows(run_dir)
+
+
+def test_three_nan_steps_in_a_row_roll_back_and_the_relaunch_finishes(token_data, tmp_path, skipping_9_to_11):
+    run_dir = tmp_path / "run"
+    data = config(token_data, run_dir)
+    with pytest.raises(RollbackRequested, match=r"^step 11: 3 non-finite steps within 3 \(steps 9, 10, 11\): rolling "
+                                                r"back to step-8; the relaunch skips their batches"):
+        fit(data, InjectNaN([9, 10, 11]))
+    (record,) = read_rollbacks(run_dir)
+    assert record["skip_steps"] == [9, 10, 11] and record["resume_from"] == "step-8" and record["rollback"] == 1
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-8"
+    weights = fit(data)  # the relaunch: no fault this time
+    reference_weights, reference_rows = skipping_9_to_11
+    assert_same_weights(weights, reference_weights)
+    got = rows(run_dir)
+    assert_rows_equal(reference_rows, got)
+    assert [r["step"] for r in got if r.get("skipped_batch")] == [9, 10, 11]
+
+
+def test_rollbacks_stop_at_the_limit(token_data, tmp_path):
+    data = config(token_data, tmp_path / "run")
+    data["faults"] = {"max_rollbacks": 1, "nonfinite_rollback_after": 2, "nonfinite_window": 4}
+    with pytest.raises(RollbackRequested, match=r"^step 7: 2 non-finite steps within 4 \(steps 5, 7\)"):
+        fit(data, InjectNaN([5, 7]))
+    with pytest.raises(LmforgeError, match=r"^step 14: 2 non-finite steps within 4 \(steps 13, 14\), after 1 "
+                                           r"rollbacks \(faults.max_rollbacks=1\); giving up: .*inspect-batch"):
+        fit(data, InjectNaN([13, 14]))
+
+
+def test_the_cli_exits_with_the_rollback_code(monkeypatch, tmp_path, capsys):
+    import lmforge.experiments.train_run as train_run
+    from lmforge.cli import main
+
+    def roll_back(cfg):
+        raise RollbackRequested("step 11: 3 non-finite steps within 3 (steps 9, 10, 11): rolling back to step-8")
+
+    monkeypatch.setattr(train_run, "train", roll_back)
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(json.dumps(tiny_run(tmp_path, tmp_path / "run")))
+    assert main(["train", str(config_path)]) == RollbackRequested.exit_code == 75
+    assert capsys.readouterr().err.strip() == ("lmforge: step 11: 3 non-finite steps within 3 (steps 9, 10, 11): "
+                                               "rolling back to step-8")
+
+
+def test_fault_settings_that_cannot_work_name_the_field(token_data, tmp_path):
+    base = config(token_data, tmp_path / "run")
+    for faults, message in (({"max_rollbacks": 0}, r"^faults.max_rollbacks: must be ≥ 1, got 0"),
+                            ({"nonfinite_rollback_after": 0}, r"^faults.nonfinite_rollback_after: must be ≥ 1"),
+                            ({"nonfinite_rollback_after": 3, "nonfinite_window": 2},
+                             r"^faults.nonfinite_window: must be 0 \(= nonfinite_rollback_after\) or ≥ "
+                             r"nonfinite_rollback_after=3, got 2")):
+        with pytest.raises(ConfigError, match=message):
+            RunConfig.from_dict({**base, "faults": faults})
+    with pytest.raises(ConfigError, match=r"^trainer.skip_steps: steps count from 1, got \[0\]"):
+        RunConfig.from_dict(config(token_data, tmp_path / "run", skip_steps=[0]))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_torchrun_relaunches_a_rolled_back_run_by_itself(token_data, tmp_path, monkeypatch):
+    """2 ranks under `torchrun --max-restarts=1`: NaN steps 9-11 on the first attempt roll back
+    (every rank exits), torchrun restarts the group, and it resumes from step 8 and finishes on
+    the one-process curve that skips those batches."""
+    from test_distributed import WORKER, torchrun, write
+
+    # Without it the restarted workers try to rendezvous through the store of the agent's first
+    # round, which is gone, and gloo's connect times out (README: restarts).
+    monkeypatch.setenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    run_dir = tmp_path / "run"
+    data = config(token_data, run_dir, micro_batch_size=2)  # 2 ranks × 2 instances
+    out = torchrun(2, "--max-restarts=1", str(WORKER), str(write(tmp_path / "c.yaml", data)), "--inject-nan-at=9,10,11")
+    assert "rolling back to step-8" in out.stderr
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-8'} (step 8" in out.stderr
+    (record,) = read_rollbacks(run_dir)
+    assert record["skip_steps"] == [9, 10, 11]
+    fit(config(token_data, tmp_path / "reference", micro_batch_size=2, skip_steps=[9, 10, 11]))
+    reference, got = rows(tmp_path / "reference"), rows(run_dir)
+    assert [r["step"] for r in reference] == [r["step"] for r in got]
+    for a, b in zip(reference, got):
+        assert a.get("skipped_batch") == b.get("skipped_batch") and a.get("batch_crc") == b.get("batch_crc")
+        for key in ("loss", "grad_norm", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
