@@ -1,4 +1,4 @@
-"""What `lmforge train` does under torchrun, plus faults: SIGKILL one rank right after a given
+"""What `lmforge train` does under torchrun, plus faults: SIGKILL (or SIGTERM) one rank right after a given
 step (after that step's checkpoint, if any), as a crashed node would die; or a bad batch at a
 given step (see test_spikes.InjectBadBatch), or NaN steps (test_faults.InjectNaN). Test-only.
 
@@ -14,6 +14,20 @@ import signal
 from lmforge.train.callbacks import Callback, default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.trainer import Trainer
+
+
+class SignalRank(Callback):
+    """Sends SIGTERM to one rank's own process after a given step (a preemption notice)."""
+
+    priority = -100
+    name = "signal_rank"
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step = rank, step
+
+    def post_step(self, trainer, metrics):
+        if trainer.step == self.step and trainer.world.rank == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 class KillRank(Callback):
@@ -33,13 +47,16 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-after-step", type=int, default=-1)
+    parser.add_argument("--sigterm-rank", type=int, default=-1, help="send SIGTERM to this rank after --sigterm-after-step")
+    parser.add_argument("--sigterm-after-step", type=int, default=-1)
     parser.add_argument("--inject-bad-batch-at", type=int, default=-1, help="see test_spikes.InjectBadBatch")
     parser.add_argument("--inject-nan-at", default="", help="steps, e.g. 9,10,11: NaN forwards on the first "
                                                             "attempt only (see test_faults.InjectNaN)")
     args, overrides = parser.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # as the CLI logs: rank 0's progress lines
     cfg = RunConfig.from_yaml(args.config, overrides)
-    callbacks = default_callbacks(cfg) + [KillRank(args.kill_rank, args.kill_after_step)]
+    callbacks = default_callbacks(cfg) + [KillRank(args.kill_rank, args.kill_after_step),
+                                          SignalRank(args.sigterm_rank, args.sigterm_after_step)]
     if args.inject_bad_batch_at > 0:
         from test_spikes import InjectBadBatch  # this script's folder, tests/, is on sys.path
 

@@ -1,8 +1,12 @@
 """Non-finite steps: never applied, and rolled back when they repeat; the relaunch (by hand, or
 torchrun's --max-restarts) finishes equal to a fault-free run that skips the same batches."""
 
+import errno
 import json
 import os
+import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import torch
 from conftest import tiny_run
 
 from lmforge.errors import ConfigError, LmforgeError, RollbackRequested
+from lmforge.train import checkpoint as ckpt
 from lmforge.train.callbacks import Callback, default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.nonfinite import ROLLBACKS, read_rollbacks
@@ -41,7 +46,7 @@ class InjectNaN(Callback):
 
 
 def config(token_data, run_dir, **trainer):
-    data = tiny_run(token_data, run_dir, max_steps=16, checkpoint_every=4, keep_checkpoints=0, **trainer)
+    data = tiny_run(token_data, run_dir, **{"max_steps": 16, "checkpoint_every": 4, "keep_checkpoints": 0, **trainer})
     data["data"]["validation"] = [str(token_data / "val")]
     data["trainer"].update(eval_every=8, eval_batches=2)
     return data
@@ -188,3 +193,139 @@ def test_torchrun_relaunches_a_rolled_back_run_by_itself(token_data, tmp_path, m
         for key in ("loss", "grad_norm", "val_loss"):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_relaunch_continues_bitwise(token_data, tmp_path, caplog):
+    """A preemption notice in the middle of a run (in-process: the signal handler is the loop's)."""
+    reference_dir = tmp_path / "reference"
+    reference = fit(config(token_data, reference_dir))
+
+    class SendSigterm(Callback):
+        name = "sigterm"
+
+        def post_step(self, trainer, metrics):
+            if trainer.step == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    run_dir = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        fit(config(token_data, run_dir), SendSigterm())  # returns: the process would exit 0
+    assert "SIGTERM: stopped after step 6; run the same command to continue" in caplog.text
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-6"
+    assert max(r["step"] for r in rows(run_dir)) == 6
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was put back
+    assert_same_weights(fit(config(token_data, run_dir)), reference)
+    assert_rows_equal(rows(reference_dir), rows(run_dir))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_both_at_the_same_step(token_data, tmp_path):
+    from test_distributed import WORKER, lmforge_train, torchrun, write
+
+    run_dir = tmp_path / "run"
+    cfg = write(tmp_path / "c.yaml", config(token_data, run_dir, micro_batch_size=2))
+    torchrun(2, str(WORKER), str(cfg), "--sigterm-rank=1", "--sigterm-after-step=6")  # exit 0 on both ranks
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-6"
+    resumed = lmforge_train(2, cfg)
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-6'} (step 6" in resumed.stderr
+    fit(config(token_data, tmp_path / "reference", micro_batch_size=2))
+    reference, got = rows(tmp_path / "reference"), rows(run_dir)
+    assert [r["step"] for r in reference] == [r["step"] for r in got]
+    for a, b in zip(reference, got):
+        for key in ("loss", "grad_norm", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
+
+
+# -- a checkpoint that cannot be written -----------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.5 MiB tmpfs: room for two checkpoints of the tiny model (needs mount rights)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip()[:80]}); the injected-error test covers the logic")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def disk_config(token_data, run_dir, **faults):
+    data = config(token_data, run_dir, checkpoint_every=1)
+    data["faults"] = faults
+    return data
+
+
+def test_a_full_disk_stops_with_one_line_and_the_rerun_resumes(token_data, tmp_path, small_disk):
+    run_dir = small_disk / "run"
+    data = disk_config(token_data, run_dir)
+    with pytest.raises(LmforgeError) as e:
+        fit(data)
+    message = str(e.value)
+    assert "\n" not in message
+    assert re.match(rf"^step (\d+): checkpoint not written to {run_dir / 'checkpoints'}: No space left on device", message)
+    failed = int(message.split(":")[0].split()[1])
+    assert message.endswith(f"latest is still step-{failed - 1}")
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{failed - 1}"
+    assert not list((run_dir / "checkpoints").glob(".*partial"))  # the half-written folder is gone
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    weights = fit(data)
+    reference = fit(disk_config(token_data, tmp_path / "reference"))
+    assert_same_weights(weights, reference)
+    assert_rows_equal(rows(tmp_path / "reference"), rows(run_dir))
+
+
+def test_a_full_disk_can_be_trained_through(token_data, small_disk, caplog):
+    run_dir = small_disk / "run"
+    with caplog.at_level("ERROR"):
+        fit(disk_config(token_data, run_dir, on_checkpoint_error="continue"))
+    assert max(r["step"] for r in rows(run_dir)) == 16  # training went on
+    failures = [r.message for r in caplog.records if "checkpoint not written" in r.message]
+    assert failures and all("No space left on device" in m and m.endswith("training goes on "
+                                                                          "(faults.on_checkpoint_error: continue)")
+                            for m in failures)
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert ckpt.check_complete(run_dir / "checkpoints" / latest) is None
+
+
+def test_a_write_error_names_the_folder_and_the_os_error(token_data, tmp_path, monkeypatch):
+    """The same handling without a small file system: the OS error is injected at step 8."""
+    real = ckpt.save_state
+
+    def save_state(folder, state, **kwargs):
+        if folder.name == ".step-8.partial":
+            raise OSError(errno.EACCES, "Permission denied", str(folder / "model"))
+        return real(folder, state, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_state", save_state)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ckpt.CheckpointWriteError, match=rf"^step 8: checkpoint not written to "
+                                                        rf"{run_dir / 'checkpoints'}: Permission denied \[errno 13\]; "
+                                                        r"latest is still step-4$"):
+        fit(config(token_data, run_dir))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-4"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_full_disk_under_two_ranks_fails_alike_on_both(token_data, tmp_path, small_disk):
+    from test_distributed import lmforge_train, torchrun, write
+
+    run_dir = small_disk / "run"
+    data = disk_config(token_data, run_dir)
+    data["trainer"]["micro_batch_size"] = 2
+    proc = torchrun(2, "-m", "lmforge", "train", str(write(tmp_path / "c.yaml", data)), check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "checkpoint not written" in ln]
+    # every rank raises the same line (torchrun may stop the second before it prints); none hangs
+    assert lines and len(set(lines)) == 1 and "No space left on device" in lines[0]
+    failed = int(lines[0].split("step ")[1].split(":")[0])
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{failed - 1}"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    resumed = lmforge_train(2, tmp_path / "c.yaml")
+    assert f"(step {failed - 1}" in resumed.stderr
+    assert max(r["step"] for r in rows(run_dir)) == 16

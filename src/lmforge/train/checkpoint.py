@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write, fsync_dir
@@ -119,38 +120,105 @@ class PendingCheckpoint:
         return self.root / f"step-{self.step}"
 
 
+class CheckpointWriteError(LmforgeError):
+    """A checkpoint could not be written (disk full, permissions, …), decided alike on every
+    rank; its staging folder is removed and `latest` still names the previous checkpoint."""
+
+
+# What DCP raises when one rank's write fails: every rank gets it. (It derives from
+# BaseException, not Exception.)
+WRITE_ERRORS = (Exception, CheckpointException)
+
+
 def begin_checkpoint(root: Path, step: int, world: World, write_all: Callable[[Path], list[Future]],
                      write_main: Callable[[Path], None]) -> PendingCheckpoint:
     """Start `root/step-{step}`. Every rank calls this: `write_all(folder)` runs on every rank
-    (collective writes; it returns the futures of writes still running in the background),
-    `write_main(folder)` on rank 0 only. Nothing is visible until `finish_checkpoint`."""
+    (collective writes first, so a failure there reaches every rank; it returns the futures of
+    writes still running in the background), `write_main(folder)` on rank 0 only. Nothing is
+    visible until `finish_checkpoint`. A failed write on any rank raises CheckpointWriteError
+    on every rank."""
     staging = root / f".step-{step}.partial"
+    pending = PendingCheckpoint(root, step, staging)
+    failure = None
     if world.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-    world.barrier()
-    writes = write_all(staging)
-    if world.is_main:
-        write_main(staging)
-    return PendingCheckpoint(root, step, staging, writes)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+        except OSError as e:
+            failure = e
+    _agree(pending, world, failure)  # also the barrier: the folder exists for everyone
+    try:
+        pending.writes = write_all(staging)
+        if world.is_main:
+            write_main(staging)
+    except WRITE_ERRORS as e:
+        failure = e
+    _agree(pending, world, failure)
+    return pending
 
 
 def finish_checkpoint(pending: PendingCheckpoint, world: World) -> Path:
     """Wait for the writes, then rank 0 seals the folder, renames it and moves `latest`."""
-    for write in pending.writes:
-        write.result()
-    world.barrier()  # every rank's files are written
+    failure = None
+    try:
+        for write in pending.writes:
+            write.result()
+    except WRITE_ERRORS as e:
+        failure = e
+    _agree(pending, world, failure)  # every rank's files are written
     final = pending.final
     if world.is_main:
-        _seal(pending.staging, pending.step)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(pending.staging, final)
-        fsync_dir(pending.root)
-        atomic_write(pending.root / LATEST, final.name + "\n", durable=True)
-    world.barrier()  # nobody moves on (or dies) believing a checkpoint exists before it does
+        try:
+            _seal(pending.staging, pending.step)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(pending.staging, final)
+            fsync_dir(pending.root)
+            atomic_write(pending.root / LATEST, final.name + "\n", durable=True)
+        except OSError as e:
+            failure = e
+    _agree(pending, world, failure)  # nobody moves on (or dies) believing a checkpoint exists before it does
     return final
+
+
+def _agree(pending: PendingCheckpoint, world: World, failure: BaseException | None) -> None:
+    """A barrier that also carries each rank's write failure: if any rank failed, every rank
+    raises the same one-line CheckpointWriteError (rank 0 first removes the staging folder)."""
+    reasons = world.all_gather_object(None if failure is None else describe_write_failure(failure, pending.staging))
+    failed = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
+    if not failed:
+        return
+    if world.is_main:
+        shutil.rmtree(pending.staging, ignore_errors=True)  # free what it took
+    rank, reason = failed[0]
+    latest = pending.root / LATEST
+    still = latest.read_text().strip() if latest.exists() else "none"
+    where = f" (rank {rank})" if world.size > 1 else ""
+    raise CheckpointWriteError(f"step {pending.step}: checkpoint not written to {pending.root}{where}: {reason}; "
+                               f"{LATEST} is still {still}")
+
+
+def describe_write_failure(error: BaseException, folder: Path) -> str:
+    """The OS error behind a failed write, in words ("No space left on device"), found in the
+    exception chain or DCP's per-rank failures; torch's serializer reports a full disk only as
+    "unexpected pos", so a nearly full file system is named as such."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return f"{os.strerror(e.errno)} [errno {e.errno}]"
+        if isinstance(e, CheckpointException):
+            todo += [exc for exc, _trace in e.failures.values()]
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and shutil.disk_usage(existing).free < 16 * 2**20:
+        free = shutil.disk_usage(existing).free
+        return f"No space left on device ({free:,} bytes free on its file system)"
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _seal(staging: Path, step: int) -> None:

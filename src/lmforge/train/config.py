@@ -141,6 +141,11 @@ class FaultsConfig(Config):
     (that many in a row). No checkpoint is written while a bad step is this recent."""
     max_rollbacks: int = 2
     """Rollbacks a run may make; one more stops it with an error instead."""
+    on_checkpoint_error: Literal["stop", "continue"] = "stop"
+    """A checkpoint that cannot be written (disk full, permissions) is one error line naming
+    the folder and the OS error, on every rank alike, and `latest` keeps naming the previous
+    one; then stop (exit 2: free space, relaunch, and it resumes from `latest`) or continue
+    training and try again at the next checkpoint."""
 
     @property
     def window(self) -> int:

@@ -32,6 +32,7 @@ from lmforge.train.config import RunConfig
 from lmforge.train.module import TrainModule
 from lmforge.train.nonfinite import rolled_back_steps
 from lmforge.train.optim import lr_at
+from lmforge.train.preempt import StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ RESUME_MAY_CHANGE = {
                                "async_checkpoint")),
     *(f"parallel.{k}" for k in ("device", "dp_replicate", "dp_shard", "ep", "activation_checkpointing", "ac_every",
                                  "compile", "loss_chunk_tokens", "prefetch_batches")),
-    *(f"faults.{k}" for k in ("nonfinite_rollback_after", "nonfinite_window", "max_rollbacks")),
+    *(f"faults.{k}" for k in ("nonfinite_rollback_after", "nonfinite_window", "max_rollbacks", "on_checkpoint_error")),
 }
 
 
@@ -112,6 +113,7 @@ class Trainer:
         self.max_steps = cfg.max_steps
         self.pending: ckpt.PendingCheckpoint | None = None
         self.skip_steps: set[int] = set(cfg.trainer.skip_steps)  # + earlier rollbacks' (prepare_run_dir)
+        self.saved_step = -1  # the step of the last checkpoint this process wrote (or is writing)
         self.checkpoint_hold: str | None = None
         """Why no checkpoint may be written now (a recent non-finite step), or None."""
         self._async_groups: dict | None = None
@@ -123,23 +125,38 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         metrics: dict[str, Any] = {}
-        while self.step < self.max_steps:
-            batch = next(batches)
-            self.step += 1
-            for cb in self.callbacks:
-                cb.pre_step(self, batch)
-            lr = lr_at(self.step, self.max_steps, self.cfg.optim)
-            metrics = self.module.train_batch(batch, lr, before_step=lambda m: self.pre_optim_step(batch, m))
-            self.tokens_seen += self.cfg.trainer.batch_tokens
-            # Which instances this step saw, as one number: `inspect-batch` must agree with it.
-            metrics.update(lr=lr, batch_crc=batch_crc(batch.step_instances))
-            for cb in self.callbacks:
-                cb.post_step(self, metrics)
+        with StopSignal() as stop:
+            while self.step < self.max_steps:
+                batch = next(batches)
+                self.step += 1
+                for cb in self.callbacks:
+                    cb.pre_step(self, batch)
+                lr = lr_at(self.step, self.max_steps, self.cfg.optim)
+                metrics = self.module.train_batch(batch, lr, before_step=lambda m: self.pre_optim_step(batch, m))
+                self.tokens_seen += self.cfg.trainer.batch_tokens
+                # Which instances this step saw, as one number: `inspect-batch` must agree with it.
+                metrics.update(lr=lr, batch_crc=batch_crc(batch.step_instances))
+                for cb in self.callbacks:
+                    cb.post_step(self, metrics)
+                if stop.agreed(self.world):
+                    batches.close()
+                    self.stop_for_signal(stop.name)
+                    return metrics
         batches.close()
         for cb in self.callbacks:
             cb.on_train_end(self, metrics)
         self.finish_checkpoint()
         return metrics
+
+    def stop_for_signal(self, signal_name: str) -> None:
+        """Every rank, after the step in which some rank got SIGTERM: checkpoint this step (unless
+        the checkpointer just did, or a recent non-finite step forbids it) and leave the loop."""
+        if self.saved_step != self.step and self.checkpoint_hold is None:
+            self.save_checkpoint()
+        self.finish_checkpoint()
+        if self.world.is_main:
+            kept = "" if self.checkpoint_hold is None else f" (no checkpoint: {self.checkpoint_hold})"
+            log.warning(f"{signal_name}: stopped after step {self.step}{kept}; run the same command to continue")
 
     def pre_optim_step(self, batch, metrics: dict[str, Any]) -> bool:
         """Every callback sees the step before it is applied; any may veto it (skip-step). A
@@ -206,19 +223,23 @@ class Trainer:
             kept = []  # a fresh start (no complete checkpoint): begin the log again
         atomic_write(path, "".join(r + "\n" for r in kept))
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of this step; with trainer.async_checkpoint its tensors are
         written in the background and it becomes `latest` when the next one starts (or at the
-        end of training). Returns the folder it has (or will have)."""
+        end of training). Returns the folder it has (or will have), or None if it could not be written and
+        faults.on_checkpoint_error says continue."""
         rank, background = self.world.rank, self.cfg.trainer.async_checkpoint
         self.finish_checkpoint()  # at most one checkpoint in flight
 
         def write_all(folder: Path) -> list:  # every rank: its shards and its RNG
-            (folder / "rng").mkdir(exist_ok=True)
-            (folder / "rng" / f"rank-{rank}.json").write_text(json.dumps(ckpt.rng_state()))
+            rng = ckpt.rng_state()
             state = self.module.state_dict()
-            return ckpt.save_state(folder, state, background=background,
-                                   process_groups=self._checkpoint_groups(list(state)) if background else None)
+            # The collective writes first: a failure in them reaches every rank alike.
+            futures = ckpt.save_state(folder, state, background=background,
+                                      process_groups=self._checkpoint_groups(list(state)) if background else None)
+            (folder / "rng").mkdir(exist_ok=True)
+            (folder / "rng" / f"rank-{rank}.json").write_text(json.dumps(rng))
+            return futures
 
         def write_main(folder: Path) -> None:  # rank 0: the small files
             state = {
@@ -234,17 +255,34 @@ class Trainer:
             if self.tokenizer is not None:
                 save_tokenizer(self.tokenizer, folder)
 
-        self.pending = ckpt.begin_checkpoint(self.checkpoint_root, self.step, self.world, write_all, write_main)
+        try:
+            self.pending = ckpt.begin_checkpoint(self.checkpoint_root, self.step, self.world, write_all, write_main)
+        except ckpt.CheckpointWriteError as error:
+            self.checkpoint_failed(error)
+            return None
+        self.saved_step = self.step
         if not background:
             self.finish_checkpoint()
         return self.checkpoint_root / f"step-{self.step}"
+
+    def checkpoint_failed(self, error: ckpt.CheckpointWriteError) -> None:
+        """Every rank alike: stop with the error's one line, or log it and train on."""
+        self.pending = None
+        if self.cfg.faults.on_checkpoint_error == "stop":
+            raise error
+        if self.world.is_main:
+            log.error(f"{error}; training goes on (faults.on_checkpoint_error: continue)")
 
     def finish_checkpoint(self) -> None:
         """Make the checkpoint in flight (if any) complete and `latest`; prune old ones."""
         if self.pending is None:
             return
         pending, self.pending = self.pending, None
-        final = ckpt.finish_checkpoint(pending, self.world)
+        try:
+            final = ckpt.finish_checkpoint(pending, self.world)
+        except ckpt.CheckpointWriteError as error:
+            self.checkpoint_failed(error)
+            return
         if self.world.is_main:
             log.info(f"step {pending.step}: wrote checkpoint {final}")
             pruned = ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints, self.cfg.trainer.keep_steps)
