@@ -329,3 +329,14 @@ def test_a_full_disk_under_two_ranks_fails_alike_on_both(token_data, tmp_path, s
     resumed = lmforge_train(2, tmp_path / "c.yaml")
     assert f"(step {failed - 1}" in resumed.stderr
     assert max(r["step"] for r in rows(run_dir)) == 16
+
+
+def test_restarts_without_a_checkpoint_to_restart_from_name_the_field(token_data, tmp_path, monkeypatch):
+    cfg = RunConfig.from_dict(config(token_data, tmp_path / "run", checkpoint_every=16))
+    cfg.check_restarts(0)  # no restarts: nothing needed
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")  # what torchrun --max-restarts=3 sets for its workers
+    with pytest.raises(ConfigError, match=r"^trainer.checkpoint_every: torchrun --max-restarts=3 restarts a failed run "
+                                          r"from its last checkpoint, but this run writes none before its end "
+                                          r"\(checkpoint_every=16 ≥ 16 steps\); set trainer.checkpoint_every below 16$"):
+        Trainer(cfg)
+    RunConfig.from_dict(config(token_data, tmp_path / "run", checkpoint_every=16, keep_steps=[8])).check_restarts(3)

@@ -248,6 +248,17 @@ class RunConfig(Config):
             f"gets per step; pick a divisor of {per_rank}",
         )
 
+    def check_restarts(self, max_restarts: int) -> None:
+        """A launcher that restarts failed runs (`torchrun --max-restarts`) needs a checkpoint
+        to restart from before the end."""
+        t, steps = self.trainer, self.max_steps
+        if max_restarts <= 0 or t.checkpoint_every < steps or any(s < steps for s in t.keep_steps):
+            return
+        require(False, "trainer.checkpoint_every",
+                f"torchrun --max-restarts={max_restarts} restarts a failed run from its last checkpoint, but this run "
+                f"writes none before its end (checkpoint_every={t.checkpoint_every} ≥ {steps} steps); set "
+                f"trainer.checkpoint_every below {steps}")
+
     @property
     def batch_instances(self) -> int:
         return self.trainer.batch_tokens // self.data.seq_len

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class Trainer:
         self.run_dir = Path(cfg.trainer.run_dir)
         self.world = world or init_world(cfg.parallel)
         cfg.check_world_size(self.world.size)
+        cfg.check_restarts(int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)))  # set by torchrun
         self.tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
 
         # Data: order and masking are pure functions of the config, so nothing here is random.
