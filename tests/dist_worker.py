@@ -17,29 +17,17 @@ from lmforge.train.trainer import Trainer
 
 
 class SignalRank(Callback):
-    """Sends SIGTERM to one rank's own process after a given step (a preemption notice)."""
+    """Sends a signal to one rank's own process right after a given step: SIGKILL (a crashed
+    node, after that step's checkpoint, if any) or SIGTERM (a preemption notice)."""
 
-    priority = -100
-    name = "signal_rank"
-
-    def __init__(self, rank: int, step: int):
-        self.rank, self.step = rank, step
-
-    def post_step(self, trainer, metrics):
-        if trainer.step == self.step and trainer.world.rank == self.rank:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-class KillRank(Callback):
     priority = -100  # after the checkpointer
-    name = "kill_rank"
 
-    def __init__(self, rank: int, step: int):
-        self.rank, self.step = rank, step
+    def __init__(self, rank: int, step: int, signum: int, name: str):
+        self.rank, self.step, self.signum, self.name = rank, step, signum, name
 
     def post_step(self, trainer, metrics):
         if trainer.step == self.step and trainer.world.rank == self.rank:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.signum)
 
 
 def main() -> None:
@@ -55,8 +43,10 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # as the CLI logs: rank 0's progress lines
     cfg = RunConfig.from_yaml(args.config, overrides)
-    callbacks = default_callbacks(cfg) + [KillRank(args.kill_rank, args.kill_after_step),
-                                          SignalRank(args.sigterm_rank, args.sigterm_after_step)]
+    callbacks = default_callbacks(cfg) + [
+        SignalRank(args.kill_rank, args.kill_after_step, signal.SIGKILL, "kill_rank"),
+        SignalRank(args.sigterm_rank, args.sigterm_after_step, signal.SIGTERM, "sigterm_rank"),
+    ]
     if args.inject_bad_batch_at > 0:
         from test_spikes import InjectBadBatch  # this script's folder, tests/, is on sys.path
 
