@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lmforge.model import ModelConfig
+from lmforge.model.transformer import Transformer
 from lmforge.train.config import OptimConfig, RunConfig
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.trainer import Trainer
-from lmforge.model.transformer import Transformer
 
 
 @pytest.mark.parametrize("decay_embeddings", [False, True])
@@ -86,3 +86,21 @@ def test_micro_batching_does_not_change_the_step(token_data, tmp_path):
     torch.testing.assert_close(m2["grad_norm"], m8["grad_norm"], rtol=1e-5, atol=0)
     for (name, a), (_, b) in zip(model8.named_parameters(), model2.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_fused_adamw_runs_on_cpu_and_equals_the_unfused_one():
+    """The GPU path's fused AdamW (one kernel for all parameters) exercised on CPU."""
+    cfg = ModelConfig(vocab_size=128, d_model=32, n_layers=1, n_heads=2, mlp_hidden=64)
+    models = [Transformer(cfg) for _ in range(2)]
+    models[0].init_weights(0)
+    models[1].load_state_dict(models[0].state_dict())
+    optims = [build_optimizer(m, OptimConfig(lr=1e-2), cfg, fused=fused) for m, fused in zip(models, (True, False))]
+    assert optims[0].defaults["fused"] and not optims[1].defaults["fused"]
+    tokens = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(5):
+        for model, optim in zip(models, optims):
+            model(tokens).float().logsumexp(-1).mean().backward()
+            optim.step()
+            optim.zero_grad()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
