@@ -12,6 +12,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
+from lmforge.parallel.ep import EXPERT_SHARD_DIM, expert_modules
+
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, *, param_dtype: torch.dtype, reduce_dtype: torch.dtype,
                experts_mesh: DeviceMesh | None = None) -> None:
@@ -24,9 +26,9 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, *, param_dtype: torch.dtype, 
         # The last block's parameters are needed again first in backward: keep them gathered.
         reshard = i < len(blocks) - 1
         if experts_mesh is not None:
-            for experts in (m for m in block.modules() if getattr(m, "expert_parallel", False)):
+            for _, experts in expert_modules(block):
                 fully_shard(experts, mesh=experts_mesh, mp_policy=mp, reshard_after_forward=reshard,
-                            shard_placement_fn=lambda _: Shard(1))
+                            shard_placement_fn=lambda _: Shard(EXPERT_SHARD_DIM))
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     # The root holds embedding and head, used at both ends of forward and again in backward.
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)

@@ -86,7 +86,7 @@ class NonFiniteGuard(Callback):
         if trainer.world.is_main:
             (trainer.run_dir / ROLLBACKS).parent.mkdir(parents=True, exist_ok=True)
             append_jsonl(trainer.run_dir / ROLLBACKS, {
-                "rollback": len(done) + 1, "at_step": trainer.step, "bad_steps": bad, "skip_steps": bad,
+                "rollback": len(done) + 1, "at_step": trainer.step, "skip_steps": bad,
                 "resume_from": target, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             })
         trainer.world.barrier()  # the record exists before any rank exits (torchrun stops the rest)
