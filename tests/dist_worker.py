@@ -1,6 +1,7 @@
 """What `lmforge train` does under torchrun, plus faults: SIGKILL (or SIGTERM) one rank right after a given
 step (after that step's checkpoint, if any), as a crashed node would die; or a bad batch at a
-given step (see test_spikes.InjectBadBatch), or NaN steps (test_faults.InjectNaN). Test-only.
+given step (see test_spikes.InjectBadBatch), or the faults of `fault_injection` (NaN steps, a rank
+hung or frozen in compute, a slow rank, a full disk). Test-only.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 tests/dist_worker.py CONFIG \
         [--kill-rank R --kill-after-step N] [--override ...]
@@ -10,6 +11,8 @@ import argparse
 import logging
 import os
 import signal
+
+from fault_injection import FillDisk, FreezeRank, HangRank, InjectNaN, SlowRank  # this script's folder, tests/
 
 from lmforge.train.callbacks import Callback, default_callbacks
 from lmforge.train.config import RunConfig
@@ -39,7 +42,11 @@ def main() -> None:
     parser.add_argument("--sigterm-after-step", type=int, default=-1)
     parser.add_argument("--inject-bad-batch-at", type=int, default=-1, help="see test_spikes.InjectBadBatch")
     parser.add_argument("--inject-nan-at", default="", help="steps, e.g. 9,10,11: NaN forwards on the first "
-                                                            "attempt only (see test_faults.InjectNaN)")
+                                                            "attempt only (fault_injection.InjectNaN)")
+    parser.add_argument("--hang", default="", help="RANK:STEP: that rank sleeps in compute (first attempt)")
+    parser.add_argument("--freeze", default="", help="RANK:STEP: that rank SIGSTOPs itself (first attempt)")
+    parser.add_argument("--slow", default="", help="RANK:SECONDS: that rank sleeps this long in each block forward")
+    parser.add_argument("--fill-disk-at", type=int, default=-1, help="fill the run dir's disk before this step")
     args, overrides = parser.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # as the CLI logs: rank 0's progress lines
     cfg = RunConfig.from_yaml(args.config, overrides)
@@ -52,9 +59,16 @@ def main() -> None:
 
         callbacks.append(InjectBadBatch(args.inject_bad_batch_at))
     if args.inject_nan_at:
-        from test_faults import InjectNaN
-
         callbacks.append(InjectNaN([int(x) for x in args.inject_nan_at.split(",")], first_attempt_only=True))
+    if args.hang:
+        callbacks.append(HangRank(*map(int, args.hang.split(":"))))
+    if args.freeze:
+        callbacks.append(FreezeRank(*map(int, args.freeze.split(":"))))
+    if args.slow:
+        rank, seconds = args.slow.split(":")
+        callbacks.append(SlowRank(int(rank), float(seconds)))
+    if args.fill_disk_at > 0:
+        callbacks.append(FillDisk(args.fill_disk_at))
     trainer = Trainer(cfg, callbacks=callbacks)
     try:
         trainer.fit()

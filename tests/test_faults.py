@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_run
+from fault_injection import InjectNaN
 
 from lmforge.errors import ConfigError, LmforgeError, RollbackRequested
 from lmforge.train import checkpoint as ckpt
@@ -21,28 +22,6 @@ from lmforge.train.nonfinite import ROLLBACKS, read_rollbacks
 from lmforge.train.trainer import Trainer
 
 COMPARED = ("loss", "z_loss", "grad_norm", "val_loss", "lr", "batch_crc", "tokens")
-
-
-class InjectNaN(Callback):
-    """Makes the given steps' forward NaN on every rank (the embedding's output times NaN), so
-    loss and every gradient are NaN; `first_attempt_only` under torchrun's restarts (test-only)."""
-
-    name = "inject_nan"
-    priority = 100
-
-    def __init__(self, steps, first_attempt_only: bool = False):
-        self.steps, self.handle = set(steps), None
-        self.active = not first_attempt_only or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-
-    def pre_step(self, trainer, batch):
-        if self.active and trainer.step in self.steps:
-            embed = trainer.module.model.embed
-            self.handle = embed.register_forward_hook(lambda module, args, out: out * float("nan"))
-
-    def post_step(self, trainer, metrics):
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
 
 
 def config(token_data, run_dir, **trainer):

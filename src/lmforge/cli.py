@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lmforge.cli_data import add_data_commands
-from lmforge.errors import LmforgeError, RollbackRequested
+from lmforge.errors import LmforgeError, RollbackRequested, StragglersEvicted
 
 log = logging.getLogger("lmforge")
 
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(message)s")
     try:
         args.fn(args)
-    except RollbackRequested as e:
+    except (RollbackRequested, StragglersEvicted) as e:  # not errors: the relaunch is expected to go on
         print(f"lmforge: {e}", file=sys.stderr)
         return e.exit_code
     except LmforgeError as e:

@@ -20,3 +20,16 @@ class RollbackRequested(LmforgeError):
     a SLURM requeue) can tell it from a bug and simply relaunch."""
 
     exit_code = 75  # EX_TEMPFAIL: try again
+
+
+HANG_EXIT_CODE = 76
+"""The exit code of a rank that the watchdog stopped (`lmforge.train.watchdog`): a hang, or a
+straggler evicted; RUN/faults/last.json names the suspects and their hosts, so a requeue can
+leave those hosts out (`scripts/slurm_train.sbatch`)."""
+
+
+class StragglersEvicted(LmforgeError):
+    """Slow ranks were named and `faults.evict_stragglers` is on: the run stopped after a
+    checkpoint so that it can be relaunched without their hosts."""
+
+    exit_code = HANG_EXIT_CODE

@@ -43,6 +43,10 @@ class DownstreamEval(Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        with trainer.progress.during("eval"):  # the watchdog's long budget
+            return self._evaluate(trainer)
+
+    def _evaluate(self, trainer: Trainer) -> dict[str, float]:
         model = trainer.module.model
         model.eval()
         out: dict[str, float] = {}

@@ -126,14 +126,15 @@ class Validator(Callback):
         # whose share runs out runs a row with every target masked.
         per_rank = -(-count // world.size)
         sums = torch.zeros(2, device=trainer.world.device)
-        for start in range(0, per_rank, mb):
-            rows = mine[start : start + mb]
-            batch = data.batch(rows if len(rows) else np.zeros(1, dtype=np.int64))
-            if not len(rows):
-                batch.targets.fill_(IGNORE_INDEX)
-            sums += trainer.module.eval_sums(batch.inputs, batch.targets)
-        world.all_reduce_sum(sums)
-        return float(sums[0] / sums[1].clamp(min=1))  # host sync: once per evaluation
+        with trainer.progress.during("eval"):
+            for start in range(0, per_rank, mb):
+                rows = mine[start : start + mb]
+                batch = data.batch(rows if len(rows) else np.zeros(1, dtype=np.int64))
+                if not len(rows):
+                    batch.targets.fill_(IGNORE_INDEX)
+                sums += trainer.module.eval_sums(batch.inputs, batch.targets)
+            world.all_reduce_sum(sums)
+            return float(sums[0] / sums[1].clamp(min=1))  # host sync: once per evaluation
 
     def state_dict(self) -> dict[str, Any]:
         return {"initial_loss": self.initial_loss}
@@ -207,6 +208,7 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
     from lmforge.train.nonfinite import NonFiniteGuard
     from lmforge.train.sinks import TensorBoardSink, WandbSink
     from lmforge.train.spikes import SpikeMonitor
+    from lmforge.train.stragglers import StragglerMonitor
 
     extra: list[Callback] = []
     if cfg.spikes.enabled:
@@ -215,7 +217,8 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
         extra.append(TensorBoardSink())
     if cfg.sinks.wandb:
         extra.append(WandbSink(cfg.sinks.wandb_project, cfg.sinks.wandb_mode))
-    return [SpeedMonitor(), Validator(), NonFiniteGuard(cfg.faults), *extra, MetricsLogger(), Checkpointer()]
+    return [SpeedMonitor(), StragglerMonitor(cfg.faults), Validator(), NonFiniteGuard(cfg.faults), *extra, MetricsLogger(),
+            Checkpointer()]
 
 
 DOWNSTREAM_EVAL = "downstream_eval"

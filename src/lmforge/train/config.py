@@ -147,6 +147,31 @@ class FaultsConfig(Config):
     one; then stop (exit 2: free space, relaunch, and it resumes from `latest`) or continue
     training and try again at the next checkpoint."""
 
+    watchdog: Literal["auto", "always", "off"] = "auto"
+    """Turn a hang into an exit (code 76) naming the stuck rank (`lmforge.train.watchdog`):
+    auto = in runs of more than one rank, where one stuck rank stalls them all."""
+    stall_floor_s: float = 60.0
+    """A phase of a step (data, forward/backward, optimizer, callbacks) has stalled after
+    max(stall_floor_s, stall_factor × the typical step time)."""
+    stall_factor: float = 10.0
+    stall_long_s: float = 1800.0
+    """The budget of the first step (compilation, first gathers), evaluations and checkpoints."""
+    heartbeat_s: float = 1.0
+    """How often each rank rewrites RUN/faults/heartbeat/rank-R.json; at most stall_floor_s / 4,
+    as a rank whose heartbeat is older than half the budget counts as frozen or dead."""
+    collective_timeout_s: float = 600.0
+    """The process group's timeout after the first step (longer during evaluations and
+    checkpoints), so a hang the watchdog misses still fails in minutes; 0 keeps the default."""
+    straggler_rel_margin: float = 0.2
+    """A rank whose own compute (its blocks' forward) per step exceeds the ranks' median by
+    this fraction *and* by straggler_abs_margin_s, in most of the last straggler_windows
+    logging windows, is named a straggler (`straggler_ranks` in metrics.jsonl)."""
+    straggler_abs_margin_s: float = 0.02
+    straggler_windows: int = 5
+    evict_stragglers: bool = False
+    """Stop after the next checkpoint once a straggler is named (exit 76, the hosts in
+    RUN/faults/last.json), so a requeue can run without them."""
+
     @property
     def window(self) -> int:
         return self.nonfinite_window or self.nonfinite_rollback_after
@@ -158,6 +183,19 @@ class FaultsConfig(Config):
                 "faults.nonfinite_window", f"must be 0 (= nonfinite_rollback_after) or ≥ nonfinite_rollback_after="
                 f"{self.nonfinite_rollback_after}, got {self.nonfinite_window}")
         require(self.max_rollbacks >= 1, "faults.max_rollbacks", f"must be ≥ 1, got {self.max_rollbacks}")
+        for name in ("stall_floor_s", "stall_factor", "heartbeat_s", "straggler_rel_margin"):
+            require(getattr(self, name) > 0, f"faults.{name}", f"must be positive, got {getattr(self, name)}")
+        require(self.stall_long_s >= self.stall_floor_s, "faults.stall_long_s",
+                f"must be ≥ faults.stall_floor_s={self.stall_floor_s} (it is the longer budget), got {self.stall_long_s}")
+        require(self.heartbeat_s <= self.stall_floor_s / 4, "faults.heartbeat_s",
+                f"must be ≤ faults.stall_floor_s / 4 = {self.stall_floor_s / 4:g} (a heartbeat older than half the budget "
+                f"means a frozen rank), got {self.heartbeat_s}")
+        require(self.collective_timeout_s == 0 or self.collective_timeout_s > self.stall_floor_s,
+                "faults.collective_timeout_s", f"must be 0 (keep the default) or more than faults.stall_floor_s="
+                f"{self.stall_floor_s} (the watchdog names the rank first), got {self.collective_timeout_s}")
+        require(self.straggler_abs_margin_s >= 0, "faults.straggler_abs_margin_s",
+                f"must be ≥ 0, got {self.straggler_abs_margin_s}")
+        require(self.straggler_windows >= 1, "faults.straggler_windows", f"must be ≥ 1, got {self.straggler_windows}")
 
 
 @dataclasses.dataclass(kw_only=True)

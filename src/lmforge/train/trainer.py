@@ -8,10 +8,14 @@ model, devices, parallelism and the optimizer. Under torchrun every rank runs th
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +33,20 @@ from lmforge.model.io import is_hf_folder, load_model, model_folder_problem, sav
 from lmforge.parallel import World, init_world
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.callbacks import DOWNSTREAM_EVAL, Callback, append_jsonl, default_callbacks
-from lmforge.train.config import RunConfig
+from lmforge.train.config import FaultsConfig, RunConfig
 from lmforge.train.module import TrainModule
 from lmforge.train.nonfinite import rolled_back_steps
 from lmforge.train.optim import lr_at
 from lmforge.train.preempt import StopSignal
+from lmforge.train.progress import Progress
+from lmforge.train.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 TRAINER_STATE = "trainer.json"
+LAUNCHES = Path("faults") / "launches.jsonl"
 # Fields a resumed run may change: they affect bookkeeping or how the numbers are computed
 # (the world size, AC, compile), never what is trained.
 RESUME_MAY_CHANGE = {
@@ -47,7 +54,7 @@ RESUME_MAY_CHANGE = {
                                "async_checkpoint")),
     *(f"parallel.{k}" for k in ("device", "dp_replicate", "dp_shard", "ep", "activation_checkpointing", "ac_every",
                                  "compile", "loss_chunk_tokens", "prefetch_batches")),
-    *(f"faults.{k}" for k in ("nonfinite_rollback_after", "nonfinite_window", "max_rollbacks", "on_checkpoint_error")),
+    *(f"faults.{f.name}" for f in dataclasses.fields(FaultsConfig)),
 }
 
 
@@ -119,22 +126,30 @@ class Trainer:
         self.checkpoint_hold: str | None = None
         """Why no checkpoint may be written now (a recent non-finite step), or None."""
         self._async_groups: dict | None = None
+        self.progress = Progress()
+        """This rank's step and phase, for the watchdog and the straggler monitor."""
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        self.prepare_run_dir()
-        batches = iter(self.loader)
-        for cb in self.callbacks:
-            cb.on_train_start(self)
-        metrics: dict[str, Any] = {}
-        with StopSignal() as stop:
+        self.check_run_dir()
+        progress = self.progress
+        with StopSignal() as stop, self.watching():
+            self.start_or_resume()
+            self.record_launch()
+            batches = iter(self.loader)
+            for cb in self.callbacks:
+                cb.on_train_start(self)
+            metrics: dict[str, Any] = {}
             while self.step < self.max_steps:
+                progress.begin_step(self.step + 1)
                 batch = next(batches)
                 self.step += 1
                 for cb in self.callbacks:
                     cb.pre_step(self, batch)
                 lr = lr_at(self.step, self.max_steps, self.cfg.optim)
+                progress.enter("forward_backward")
                 metrics = self.module.train_batch(batch, lr, before_step=lambda m: self.pre_optim_step(batch, m))
+                progress.enter("callbacks")
                 self.tokens_seen += self.cfg.trainer.batch_tokens
                 # Which instances this step saw, as one number: `inspect-batch` must agree with it.
                 metrics.update(lr=lr, batch_crc=batch_crc(batch.step_instances))
@@ -144,11 +159,25 @@ class Trainer:
                     batches.close()
                     self.stop_for_signal(stop.name)
                     return metrics
-        batches.close()
-        for cb in self.callbacks:
-            cb.on_train_end(self, metrics)
-        self.finish_checkpoint()
+            batches.close()
+            progress.enter("end")
+            for cb in self.callbacks:
+                cb.on_train_end(self, metrics)
+            self.finish_checkpoint()
         return metrics
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """The hang watchdog around everything collective (`lmforge.train.watchdog`)."""
+        mode = self.cfg.faults.watchdog
+        if mode == "off" or (mode == "auto" and self.world.size == 1):
+            yield
+            return
+        # One name for this launch, the same on every rank: heartbeats and hang records of an
+        # earlier launch (before a restart) are told apart by it.
+        launch = self.world.broadcast_object(f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        with Watchdog(self.cfg.faults, self.run_dir, self.world, self.progress, launch):
+            yield
 
     def stop_for_signal(self, signal_name: str) -> None:
         """Every rank, after the step in which some rank got SIGTERM: checkpoint this step (unless
@@ -166,6 +195,7 @@ class Trainer:
         if self.step in self.skip_steps:
             metrics["skipped_batch"] = 1
             return False
+        self.progress.enter("optimizer")
         verdicts = [cb.pre_optim_step(self, batch, metrics) for cb in self.callbacks]
         return all(verdicts)
 
@@ -176,6 +206,11 @@ class Trainer:
     def prepare_run_dir(self) -> None:
         """Start a run, or resume one: the run dir's config must be this config. A start that
         is refused (another config, an init_from that does not fit) creates nothing."""
+        self.check_run_dir()
+        self.start_or_resume()
+
+    def check_run_dir(self) -> None:
+        """Refuse a run dir that holds another run (every rank alike, before anything is written)."""
         config_path = self.run_dir / CONFIG_FILE
         problem = None
         if self.world.is_main and config_path.exists():
@@ -188,6 +223,9 @@ class Trainer:
         problem = self.world.broadcast_object(problem if self.world.is_main else None)
         if problem:
             raise LmforgeError(problem)
+
+    def start_or_resume(self) -> None:
+        """Resume from the last complete checkpoint, or initialise; then record the config."""
         self.skip_steps |= rolled_back_steps(self.run_dir)
         resume_from = ckpt.find_resumable(self.checkpoint_root, quiet=not self.world.is_main)
         if resume_from is not None:
@@ -198,9 +236,19 @@ class Trainer:
             self.init_from(Path(self.cfg.trainer.init_from), optimizer=self.cfg.trainer.init_optimizer)
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(config_path, self.cfg.to_yaml())
+            atomic_write(self.run_dir / CONFIG_FILE, self.cfg.to_yaml())
             self._truncate_metrics()
         self.world.barrier()
+
+    def record_launch(self) -> None:
+        """One row per launch in RUN/faults/launches.jsonl: when it started training and from
+        which step, so restarts (torchrun's, a requeue's) and the work they redid are on record."""
+        if self.world.is_main:
+            (self.run_dir / LAUNCHES).parent.mkdir(exist_ok=True)
+            append_jsonl(self.run_dir / LAUNCHES, {
+                "time": time.time(), "from_step": self.step, "world_size": self.world.size,
+                "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+            })
 
     @property
     def checkpoint_root(self) -> Path:
@@ -230,6 +278,10 @@ class Trainer:
         written in the background and it becomes `latest` when the next one starts (or at the
         end of training). Returns the folder it has (or will have), or None if it could not be written and
         faults.on_checkpoint_error says continue."""
+        with self.progress.during("checkpoint"):
+            return self._save_checkpoint()
+
+    def _save_checkpoint(self) -> Path | None:
         rank, background = self.world.rank, self.cfg.trainer.async_checkpoint
         self.finish_checkpoint()  # at most one checkpoint in flight
 
@@ -281,7 +333,8 @@ class Trainer:
             return
         pending, self.pending = self.pending, None
         try:
-            final = ckpt.finish_checkpoint(pending, self.world)
+            with self.progress.during("checkpoint"):
+                final = ckpt.finish_checkpoint(pending, self.world)
         except ckpt.CheckpointWriteError as error:
             self.checkpoint_failed(error)
             return

@@ -1,0 +1,162 @@
+"""Hangs named and stragglers found: on 4 gloo ranks under torchrun, a rank stuck in compute
+and a SIGSTOPped one are each detected within 2 × the stall budget, named, every rank's stacks
+dumped, and the restarted job finishes equal to a fault-free run; a slowed rank is named a
+straggler, and a fault-free run of 100 steps names none."""
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from conftest import tiny_run
+from fault_injection import read_injected
+
+from lmforge.errors import HANG_EXIT_CODE, ConfigError
+from lmforge.train.config import RunConfig
+from lmforge.train.stragglers import STRAGGLERS_FILE, named_stragglers, slow_ranks
+from lmforge.train.watchdog import STACKS, diagnose, in_collective, read_last
+
+FAULTS = {"stall_floor_s": 3.0, "stall_factor": 10.0, "stall_long_s": 60.0, "heartbeat_s": 0.5,
+          "collective_timeout_s": 30.0}
+COMPARED = ("loss", "z_loss", "grad_norm", "val_loss", "lr", "batch_crc", "tokens")
+
+
+def beat(rank, step=7, phase="forward_backward", inside=True, age=0.0, now=1000.0):
+    return {"rank": rank, "host": "h", "pid": 1, "step": step, "phase": phase, "in_collective": inside,
+            "time": now - age}
+
+
+def test_diagnose_names_the_rank_that_differs():
+    everyone_waits = {r: beat(r) for r in range(4)}
+    assert diagnose(everyone_waits, 1000.0, stale_after=2) == ("collective", [])
+    assert diagnose({**everyone_waits, 2: beat(2, age=5)}, 1000.0, stale_after=2) == ("frozen_or_dead", [2])
+    assert diagnose({**everyone_waits, 0: None}, 1000.0, stale_after=2) == ("frozen_or_dead", [0])
+    assert diagnose({**everyone_waits, 1: beat(1, inside=False)}, 1000.0, stale_after=2) == ("behind", [1])
+    assert diagnose({**everyone_waits, 3: beat(3, phase="callbacks")}, 1000.0, 2) == ("collective_mismatch", [3])
+    assert diagnose({0: beat(0, inside=False)}, 1000.0, stale_after=2) == ("stalled", [0])
+
+
+def frame_in(filename: str):
+    """A live frame whose code claims to come from `filename`."""
+    code = compile("import sys\ndef here():\n    return sys._getframe()\n", filename, "exec")
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace["here"]()
+
+
+def test_a_stack_inside_torch_distributed_counts_as_waiting_in_a_collective():
+    import torch
+
+    root = Path(torch.__file__).parent
+    assert in_collective(frame_in(str(root / "distributed" / "distributed_c10d.py")))
+    assert in_collective(frame_in(str(root / "distributed" / "fsdp" / "_fully_shard" / "_fsdp_collectives.py")))
+    assert not in_collective(frame_in(str(root / "distributed" / "checkpoint" / "filesystem.py")))  # a file write
+    assert not in_collective(sys._getframe())
+    assert not in_collective(None)
+    assert isinstance(sys._getframe(), types.FrameType)
+
+
+def test_straggler_rule_needs_both_margins_in_most_windows():
+    assert slow_ranks([1.0, 1.0, 1.5, 1.0], rel_margin=0.2, abs_margin_s=0.1) == [2]
+    assert slow_ranks([0.010, 0.010, 0.015, 0.010], rel_margin=0.2, abs_margin_s=0.02) == []  # 50 % but 5 ms
+    assert slow_ranks([1.0, 1.0, 1.1, 1.0], rel_margin=0.2, abs_margin_s=0.01) == []  # 100 ms but 10 %
+    assert named_stragglers([[2], [2]], of=5) == []  # 2 of 5 is not most
+    assert named_stragglers([[2], [], [2], [2, 1]], of=5) == [2]
+
+
+def test_fault_budgets_that_cannot_work_name_the_field(token_data, tmp_path):
+    def load(**faults):
+        return RunConfig.from_dict({**tiny_run(token_data, tmp_path / "run"), "faults": faults})
+
+    with pytest.raises(ConfigError, match=r"^faults.stall_floor_s: must be positive, got 0"):
+        load(stall_floor_s=0)
+    with pytest.raises(ConfigError, match=r"^faults.stall_factor: must be positive, got -1"):
+        load(stall_factor=-1)
+    with pytest.raises(ConfigError, match=r"^faults.heartbeat_s: must be ≤ faults.stall_floor_s / 4 = 1"):
+        load(stall_floor_s=4, heartbeat_s=2)
+    with pytest.raises(ConfigError, match=r"^faults.stall_long_s: must be ≥ faults.stall_floor_s=60"):
+        load(stall_long_s=10)
+    with pytest.raises(ConfigError, match=r"^faults.watchdog: "):
+        load(watchdog="sometimes")
+
+
+# -- 4 ranks under torchrun -------------------------------------------------------------------------
+def run_config(token_data, run_dir, steps=16, **faults):
+    data = tiny_run(token_data, run_dir, max_steps=steps, checkpoint_every=4, keep_checkpoints=0, micro_batch_size=1,
+                    log_every=1)
+    data["faults"] = {**FAULTS, **faults}
+    data["optim"] = {"schedule": "constant", "warmup_steps": 4}  # so a shorter run is the first steps of a longer
+    return data
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fault_free(token_data, tmp_path_factory):
+    """The reference: 4 ranks, no fault, 100 steps (the straggler monitor's false-positive check)."""
+    from test_distributed import WORKER, torchrun, write
+
+    run_dir = tmp_path_factory.mktemp("fault_free") / "run"
+    torchrun(4, str(WORKER), str(write(run_dir.parent / "c.yaml", run_config(token_data, run_dir, steps=100))))
+    return run_dir
+
+
+def assert_equal_to(reference, run_dir, steps):
+    got, want = rows(run_dir), [r for r in rows(reference) if r["step"] <= steps]
+    assert [r["step"] for r in got] == [r["step"] for r in want]  # no step lost, none twice
+    for a, b in zip(got, want):
+        assert {k: a.get(k) for k in COMPARED} == {k: b.get(k) for k in COMPARED}, a["step"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("fault,rank", [("hang", 1), ("freeze", 0)])
+def test_a_stuck_rank_is_named_and_the_restart_finishes_as_if_nothing_happened(token_data, tmp_path, monkeypatch,
+                                                                                 fault_free, fault, rank):
+    from test_distributed import WORKER, torchrun, write
+
+    monkeypatch.setenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # README: restarts
+    run_dir = tmp_path / "run"
+    cfg = write(tmp_path / "c.yaml", run_config(token_data, run_dir))
+    out = torchrun(4, "--max-restarts=1", str(WORKER), str(cfg), f"--{fault}={rank}:6")
+    record = read_last(run_dir)
+    assert record is not None
+    (injected,) = read_injected(run_dir)
+    assert record["kind"] == ("behind" if fault == "hang" else "frozen_or_dead")
+    assert [s["rank"] for s in record["suspects"]] == [rank]
+    assert record["step"] == 6 and record["exit_code"] == HANG_EXIT_CODE
+    assert record["time"] - injected["time"] < 2 * record["budget_s"], record
+    assert f"hang ({record['kind']}): rank {rank} (" in out.stderr
+    for r in range(4):  # every rank dumped its stacks, the stuck one included
+        stacks = (run_dir / STACKS / f"rank-{r}.txt").read_text()
+        assert f"=== lmforge watchdog: rank {r} " in stacks and "File " in stacks, r
+    assert "fault_injection.py" in (run_dir / STACKS / f"rank-{rank}.txt").read_text()  # where it was stuck
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-4'} (step 4" in out.stderr
+    assert_equal_to(fault_free, run_dir, steps=16)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_fault_free_run_names_no_straggler(fault_free):
+    logged = [r for r in rows(fault_free) if "loss" in r]
+    assert len(logged) == 100 and all(r["straggler_ranks"] == [] for r in logged)
+    assert not (fault_free / STRAGGLERS_FILE).exists()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_slow_rank_is_named_within_five_windows(token_data, tmp_path):
+    from test_distributed import WORKER, torchrun, write
+
+    run_dir = tmp_path / "run"
+    data = run_config(token_data, run_dir, steps=20)
+    data["trainer"]["log_every"] = 2
+    torchrun(4, str(WORKER), str(write(tmp_path / "c.yaml", data)), "--slow=2:0.05")
+    logged = [r for r in rows(run_dir) if "loss" in r and r["step"] % 2 == 0]
+    first = next(i for i, r in enumerate(logged) if r["straggler_ranks"])
+    assert first < 5 and all(r["straggler_ranks"] == [2] for r in logged[first:])
+    named = [json.loads(line) for line in (run_dir / STRAGGLERS_FILE).read_text().splitlines()]
+    assert {r["rank"] for r in named} == {2} and all(r["ratio"] > 1.2 and r["host"] for r in named)
