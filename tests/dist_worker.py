@@ -11,9 +11,11 @@ import argparse
 import logging
 import os
 import signal
+import sys
 
 from fault_injection import FillDisk, FreezeRank, HangRank, InjectNaN, SlowRank  # this script's folder, tests/
 
+from lmforge.errors import RollbackRequested, StragglersEvicted
 from lmforge.train.callbacks import Callback, default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.trainer import Trainer
@@ -72,6 +74,9 @@ def main() -> None:
     trainer = Trainer(cfg, callbacks=callbacks)
     try:
         trainer.fit()
+    except (RollbackRequested, StragglersEvicted) as e:  # as the CLI exits on them
+        print(f"lmforge: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     finally:
         trainer.close()
 

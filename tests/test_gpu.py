@@ -63,3 +63,16 @@ def test_fused_loss_in_bf16_matches_materialised_logits():
     torch.testing.assert_close(fused.z, plain.z, rtol=1e-3, atol=0)
     torch.testing.assert_close(grads[0].float(), hidden.grad.float(), rtol=2e-2, atol=1e-3)
     torch.testing.assert_close(grads[1].float(), weight.grad.float(), rtol=2e-2, atol=1e-3)
+
+
+def test_the_straggler_clock_times_the_blocks_gpu_work():
+    """On GPU the blocks' forward is timed with CUDA events (the call only queues the work)."""
+    from lmforge.train.stragglers import BlockClock
+
+    blocks = torch.nn.ModuleList([torch.nn.Linear(4096, 4096) for _ in range(2)]).cuda()
+    clock = BlockClock(blocks, torch.device("cuda"))
+    x = torch.randn(4096, 4096, device="cuda")
+    for block in blocks:
+        x = block(x)
+    seconds = clock.take()
+    assert 0 < seconds < 10 and clock.take() == 0.0

@@ -148,15 +148,93 @@ def test_a_fault_free_run_names_no_straggler(fault_free):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_a_slow_rank_is_named_within_five_windows(token_data, tmp_path):
+def test_a_slow_rank_is_named_within_five_windows_and_evicted_at_the_next_checkpoint(token_data, tmp_path):
     from test_distributed import WORKER, torchrun, write
 
     run_dir = tmp_path / "run"
-    data = run_config(token_data, run_dir, steps=20)
-    data["trainer"]["log_every"] = 2
-    torchrun(4, str(WORKER), str(write(tmp_path / "c.yaml", data)), "--slow=2:0.05")
-    logged = [r for r in rows(run_dir) if "loss" in r and r["step"] % 2 == 0]
+    data = run_config(token_data, run_dir, steps=40, evict_stragglers=True)
+    data["trainer"].update(log_every=2, checkpoint_every=8)
+    out = torchrun(4, str(WORKER), str(write(tmp_path / "c.yaml", data)), "--slow=2:0.03", check=False)
+    logged = [r for r in rows(run_dir) if r["step"] % 2 == 0]
     first = next(i for i, r in enumerate(logged) if r["straggler_ranks"])
     assert first < 5 and all(r["straggler_ranks"] == [2] for r in logged[first:])
     named = [json.loads(line) for line in (run_dir / STRAGGLERS_FILE).read_text().splitlines()]
     assert {r["rank"] for r in named} == {2} and all(r["ratio"] > 1.2 and r["host"] for r in named)
+    # Eviction: the first checkpoint after the naming is the last thing the run does.
+    stop = -(-logged[first]["step"] // 8) * 8
+    assert out.returncode != 0 and (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{stop}"
+    assert max(r["step"] for r in rows(run_dir)) == stop
+    assert f"stopped after the checkpoint of step {stop} to leave out straggling host(s) " in out.stderr
+    record = read_last(run_dir)
+    assert record["kind"] == "straggler" and [s["rank"] for s in record["suspects"]] == [2]
+    assert record["suspects"][0]["host"] and record["exit_code"] == HANG_EXIT_CODE
+
+
+def fake_slurm(bin_dir: Path, log: Path, srun_body: str) -> None:
+    """`srun` and `scontrol` stand-ins: srun runs `srun_body`, scontrol answers and logs."""
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/bash\n{srun_body}\n")
+    (bin_dir / "scontrol").write_text(f"""#!/bin/bash
+case "$1 $2" in
+  "show hostnames") echo node1 ;;
+  "show job") echo "JobId=7 JobName=lmforge ExcNodeList=node3 NodeList=node[1-8]" ;;
+  *) echo "$@" >> {log} ;;
+esac
+""")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+
+
+@pytest.mark.parametrize("hang_recorded", [True, False])
+def test_the_sbatch_script_requeues_without_the_suspects_hosts(token_data, tmp_path, hang_recorded):
+    import os
+    import subprocess
+
+    import yaml
+
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(token_data, run_dir)))
+    record = {"kind": "behind", "step": 6, "phase": "forward_backward", "time": "$(date +%s)",
+              "suspects": [{"rank": 9, "host": "node5", "where": "x.py:1 f"}]}
+    body = json.dumps(record).replace('"$(date +%s)"', "$(date +%s)")
+    write_record = f"mkdir -p {run_dir}/faults && echo '{body}' | sed \"s/\\$(date +%s)/$(date +%s)/\" > " \
+                   f"{run_dir}/faults/last.json" if hang_recorded else "true"
+    log = tmp_path / "scontrol.log"
+    fake_slurm(tmp_path / "bin", log, f"{write_record}\nexit 1")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[1-8]", "SLURM_JOB_NUM_NODES": "8"}
+    script = Path(__file__).parents[1] / "scripts" / "slurm_train.sbatch"
+    out = subprocess.run(["bash", str(script), str(cfg)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr  # torchrun's failure is the job's
+    if not hang_recorded:  # a plain failure: nothing named, no requeue
+        assert not log.exists()
+        return
+    assert log.read_text().splitlines() == ["update JobId=7 ExcNodeList=node3,node5", "requeue 7"]
+    assert "requeueing job 7 without node3,node5" in out.stderr
+    from lmforge.cli import main
+
+    assert main(["analyze", "faults", str(cfg), "--exclude-hosts"]) == 0
+
+
+def test_the_straggler_clock_counts_the_blocks_forward_only():
+    import time
+
+    import torch
+
+    from lmforge.train.stragglers import BlockClock
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.02)
+            return x
+
+    blocks = torch.nn.ModuleList([Slow(), Slow()])
+    clock = BlockClock(blocks, torch.device("cpu"))
+    for block in blocks:
+        block(torch.zeros(1))
+    time.sleep(0.05)  # outside the blocks: not counted
+    assert 0.04 <= clock.take() < 0.09 and clock.take() == 0.0
+    clock.remove()
+    blocks[0](torch.zeros(1))
+    assert clock.take() == 0.0

@@ -142,6 +142,21 @@ def cmd_analyze_spikes(args: argparse.Namespace) -> None:
     print(f"wrote {plot_spikes(args.run, report['spikes'], args.out, stretches=report['stretches'])}")
 
 
+def cmd_analyze_faults(args: argparse.Namespace) -> None:
+    from lmforge.analysis.faults import fault_report, format_report, hosts_to_exclude
+
+    run_dir = Path(args.run)
+    if run_dir.is_file():  # a run config (what the sbatch script has): its trainer.run_dir
+        from lmforge.train.config import RunConfig
+
+        run_dir = RunConfig.from_yaml(run_dir, args.overrides).trainer.run_dir
+    if args.exclude_hosts:
+        print(",".join(hosts_to_exclude(run_dir, since=args.since)))
+        return
+    report = fault_report(run_dir)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+
+
 def cmd_analyze_coord_check(args: argparse.Namespace) -> None:
     from lmforge.experiments.coord_check import coord_check, format_table, write_coord_check
     from lmforge.train.config import RunConfig
@@ -317,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="documents to list")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", help="PNG path (default RUN/spikes.png)")
+    p = add("faults", cmd_analyze_faults, "Launches, restarts, hangs (with the suspects), rollbacks and stragglers "
+            "of a run.", analyze)
+    p.add_argument("run", help="run directory, or a run config YAML (+ its overrides): its trainer.run_dir")
+    p.add_argument("overrides", nargs="*", help="with a config: --section.field=value overrides")
+    p.add_argument("--exclude-hosts", action="store_true",
+                   help="print only the suspects' hosts of the latest hang or eviction, comma-separated (for a requeue)")
+    p.add_argument("--since", type=float, default=0.0, help="with --exclude-hosts: ignore a record older than this "
+                   "(seconds since the epoch; the job's start)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = add("undertrained", cmd_analyze_undertrained,
             "Under-trained tokens of a model (Fishing for Magikarp): indicators, then a repeat test.", analyze)
     p.add_argument("checkpoint", help="checkpoint folder (training checkpoint or model folder)")
@@ -390,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     known = build_parser()
     args, extra = known.parse_known_args(argv)
     if extra:
-        takes_overrides = getattr(args, "command", None) == "train" or getattr(args, "data_command", None) in ("curate", "mix")
+        takes_overrides = (getattr(args, "command", None) == "train" or getattr(args, "analyze_command", None) == "faults"
+                           or getattr(args, "data_command", None) in ("curate", "mix"))
         if takes_overrides and all(x.startswith("--") and "=" in x for x in extra):
             args.overrides = list(args.overrides) + extra
         else:

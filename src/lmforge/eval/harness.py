@@ -18,6 +18,7 @@ from lmforge.eval.metrics import aggregate, doc_metrics
 from lmforge.eval.scoring import score_requests
 from lmforge.eval.tasks import Request, Task, load_task, resolve_task
 from lmforge.fsutil import atomic_write
+from lmforge.parallel import cuda
 
 DEFAULT_VARIANT = "rc_0shot"
 # OLMES's multiple-choice core (MMLU is not in the wheel), each on its rc_0shot file.
@@ -59,7 +60,7 @@ def load_for_eval(
     )
 
     folder = Path(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if cuda.is_available() else "cpu")
     prefix = None
     if not folder.is_dir():
         raise LmforgeError(model_folder_problem(folder))

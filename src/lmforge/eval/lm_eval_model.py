@@ -58,10 +58,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import lm_eval.models  # noqa: F401  (fills lm-eval's registry first: it only does so while the registry is empty)
 import torch
 import torch.nn.functional as F
-
-import lm_eval.models  # noqa: F401  (fills lm-eval's registry first: it only does so while the registry is empty)
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
@@ -72,6 +71,7 @@ from lmforge.eval.harness import load_for_eval
 from lmforge.eval.scoring import score_requests
 from lmforge.eval.tasks import Request
 from lmforge.model.generate import generate
+from lmforge.parallel import cuda
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class LmforgeLM(LM):
         if unused:
             log.warning("lmforge model: ignoring model_args %s", ", ".join(f"{k}={v}" for k, v in unused.items()))
         del max_batch_size  # batches are sized by count and logits memory, never searched for
-        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        if device and str(device).startswith("cuda") and not cuda.is_available():
             log.warning("lmforge model: device %s (lm-eval's CLI default) but no CUDA here; using cpu", device)
             device = "cpu"
         self.model, self.tokenizer, self.prefix_token_id = load_for_eval(

@@ -27,8 +27,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmforge.data.token_files import META_FILE, TokenFiles
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.experiments import runner
@@ -36,6 +34,7 @@ from lmforge.experiments.ablate_config import AblationConfig, run_name
 from lmforge.experiments.ablate_report import summarize, write_report
 from lmforge.experiments.runner import RESULTS_FILE, read_results
 from lmforge.experiments.train_run import train
+from lmforge.parallel import cuda
 from lmforge.train.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -260,7 +259,7 @@ def score_run(cfg: AblationConfig, run: PlannedRun, checkpoint: Path) -> dict[st
     from lmforge.eval.perplexity import perplexity
     from lmforge.model.io import load_model
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if cuda.is_available() else "cpu"
     model = load_model(checkpoint, device=device)
     tokenizer = Tokenizer.load(run.config.tokenizer) if run.config.tokenizer else None
     scores: dict[str, Any] = {"eval": {}, "tasks": {}}

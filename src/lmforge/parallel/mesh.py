@@ -11,15 +11,17 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from lmforge.errors import ConfigError
+from lmforge.parallel import cuda
 from lmforge.parallel.config import ParallelConfig
 
-# Dense bf16 peak FLOP/s, for MFU. Matched against torch.cuda.get_device_name().
+# Dense bf16 peak FLOP/s, for MFU. Matched against cuda.device_name().
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
 
@@ -74,19 +76,19 @@ class World:
     # -- device facts the loop's callbacks need, without touching torch.cuda themselves --------
     def synchronize(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            cuda.synchronize(self.device)
 
     def peak_flops(self) -> float | None:
         """Dense bf16 peak of this device, if known (None on CPU)."""
         if self.device.type != "cuda":
             return None
-        name = torch.cuda.get_device_name(self.device)
+        name = cuda.device_name(self.device)
         return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
     def max_memory_gib(self) -> float | None:
         if self.device.type != "cuda":
             return None
-        return torch.cuda.max_memory_allocated(self.device) / 2**30
+        return cuda.max_memory_gib(self.device)
 
     def close(self) -> None:
         if self.distributed:
@@ -94,9 +96,9 @@ class World:
 
 
 def resolve_device(cfg: ParallelConfig) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    if cfg.device == "cuda" and not cuda.is_available():
         raise ConfigError("parallel.device: 'cuda' was asked for but no GPU is visible; use auto or cpu")
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+    if cfg.device == "cpu" or (cfg.device == "auto" and not cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -127,15 +129,20 @@ def check_ep(cfg: ParallelConfig, world_size: int) -> None:
         )
 
 
-def init_world(cfg: ParallelConfig) -> World:
-    """Join the torchrun world (or start a one-rank one on a GPU) and build the mesh."""
+def init_world(cfg: ParallelConfig, fault_dir: Path | None = None) -> World:
+    """Join the torchrun world (or start a one-rank one on a GPU) and build the mesh. On GPU,
+    NCCL's flight recorder and error handling are switched on first (`cuda.nccl_fault_env`,
+    never overriding a user's setting), dumping into `fault_dir`."""
     device = resolve_device(cfg)
+    if device.type == "cuda" and fault_dir is not None and not dist.is_initialized():
+        fault_dir.mkdir(parents=True, exist_ok=True)
+        cuda.apply_env_defaults(cuda.nccl_fault_env(fault_dir))
     under_torchrun = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     if not under_torchrun and device.type == "cpu":
         check_ep(cfg, 1)
         return World(rank=0, size=1, device=device, mesh=None)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(minutes=int(os.environ.get("LMFORGE_DIST_TIMEOUT_MIN", 30)))

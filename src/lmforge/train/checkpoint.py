@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from lmforge.errors import LmforgeError
 from lmforge.fsutil import atomic_write, fsync_dir
-from lmforge.parallel import World
+from lmforge.parallel import World, cuda
 from lmforge.safe_dcp import safe_load
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ def rng_state() -> dict[str, Any]:
         "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
         "torch": torch.get_rng_state().tolist(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    if (cuda_state := cuda.rng_state()) is not None:
+        state["cuda"] = cuda_state
     return state
 
 
@@ -68,8 +68,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+    if "cuda" in state and cuda.is_available():
+        cuda.set_rng_state(state["cuda"])
 
 
 # -- sharded state (collective: every rank calls these) ------------------------------------------------

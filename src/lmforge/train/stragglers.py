@@ -27,6 +27,7 @@ import torch
 
 from lmforge.errors import StragglersEvicted
 from lmforge.fsutil import atomic_write
+from lmforge.parallel import cuda
 from lmforge.train.callbacks import Callback, append_jsonl
 from lmforge.train.config import FaultsConfig
 from lmforge.train.watchdog import LAST
@@ -52,25 +53,38 @@ def named_stragglers(windows: list[list[int]], of: int) -> list[int]:
 
 
 class BlockClock:
-    """Seconds this rank spends in its blocks' forward (host timer; exact on CPU, where the
-    work runs in the call)."""
+    """Seconds this rank spends in its blocks' forward: a host timer on CPU, where the work
+    runs in the call; CUDA events on GPU, where the call only queues it."""
 
-    def __init__(self, blocks: torch.nn.ModuleList):
+    def __init__(self, blocks: torch.nn.ModuleList, device: torch.device):
+        self.on_gpu = device.type == "cuda"
         self.seconds = 0.0
-        self._start = 0.0
+        self._start: Any = None
+        self._events: list[tuple[Any, Any]] = []  # GPU: (start, end) pairs not yet read
         self.handles = []
         for block in blocks:
             self.handles.append(block.register_forward_pre_hook(self._begin))  # after FSDP's all-gather
             self.handles.append(block.register_forward_hook(self._end, prepend=True))  # before its reshard
 
     def _begin(self, module, args) -> None:
-        self._start = time.perf_counter()
+        if self.on_gpu:
+            self._start = cuda.timing_event()
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
 
     def _end(self, module, args, out) -> None:
-        self.seconds += time.perf_counter() - self._start
+        if self.on_gpu:
+            end = cuda.timing_event()
+            end.record()
+            self._events.append((self._start, end))
+        else:
+            self.seconds += time.perf_counter() - self._start
 
     def take(self) -> float:
-        seconds, self.seconds = self.seconds, 0.0
+        """The seconds since the last take (on GPU this waits for the blocks' work)."""
+        seconds = self.seconds + sum(cuda.elapsed_s(start, end) for start, end in self._events)
+        self.seconds, self._events = 0.0, []
         return seconds
 
     def remove(self) -> None:
@@ -92,7 +106,7 @@ class StragglerMonitor(Callback):
         if trainer.world.size == 1:
             return
         self.hosts = trainer.world.all_gather_object(socket.gethostname())
-        self.clock = BlockClock(trainer.module.model.blocks)
+        self.clock = BlockClock(trainer.module.model.blocks, trainer.world.device)
         self.steps = 0
         trainer.progress.data_s = 0.0
 

@@ -77,7 +77,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, callbacks: list[Callback] | None = None, world: World | None = None):
         self.cfg = cfg
         self.run_dir = Path(cfg.trainer.run_dir)
-        self.world = world or init_world(cfg.parallel)
+        self.world = world or init_world(cfg.parallel, fault_dir=self.run_dir / "faults" / "nccl")
         cfg.check_world_size(self.world.size)
         cfg.check_restarts(int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)))  # set by torchrun
         self.tokenizer = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
