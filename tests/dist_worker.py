@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from fault_injection import FillDisk, FreezeRank, HangRank, InjectNaN, SlowRank  # this script's folder, tests/
+import fault_injection as inject  # this script's folder, tests/
 
 from lmforge.errors import RollbackRequested, StragglersEvicted
 from lmforge.train.callbacks import Callback, default_callbacks
@@ -23,7 +23,8 @@ from lmforge.train.trainer import Trainer
 
 class SignalRank(Callback):
     """Sends a signal to one rank's own process right after a given step: SIGKILL (a crashed
-    node, after that step's checkpoint, if any) or SIGTERM (a preemption notice)."""
+    node, after that step's checkpoint, if any) or SIGTERM (a preemption notice); under
+    torchrun's restarts, on the first attempt only."""
 
     priority = -100  # after the checkpointer
 
@@ -31,7 +32,8 @@ class SignalRank(Callback):
         self.rank, self.step, self.signum, self.name = rank, step, signum, name
 
     def post_step(self, trainer, metrics):
-        if trainer.step == self.step and trainer.world.rank == self.rank:
+        if trainer.step == self.step and trainer.world.rank == self.rank and inject.first_attempt():
+            inject.record(trainer, self.name.removesuffix("_rank"))
             os.kill(os.getpid(), self.signum)
 
 
@@ -61,16 +63,16 @@ def main() -> None:
 
         callbacks.append(InjectBadBatch(args.inject_bad_batch_at))
     if args.inject_nan_at:
-        callbacks.append(InjectNaN([int(x) for x in args.inject_nan_at.split(",")], first_attempt_only=True))
+        callbacks.append(inject.InjectNaN([int(x) for x in args.inject_nan_at.split(",")], first_attempt_only=True))
     if args.hang:
-        callbacks.append(HangRank(*map(int, args.hang.split(":"))))
+        callbacks.append(inject.HangRank(*map(int, args.hang.split(":"))))
     if args.freeze:
-        callbacks.append(FreezeRank(*map(int, args.freeze.split(":"))))
+        callbacks.append(inject.FreezeRank(*map(int, args.freeze.split(":"))))
     if args.slow:
         rank, seconds = args.slow.split(":")
-        callbacks.append(SlowRank(int(rank), float(seconds)))
+        callbacks.append(inject.SlowRank(int(rank), float(seconds)))
     if args.fill_disk_at > 0:
-        callbacks.append(FillDisk(args.fill_disk_at))
+        callbacks.append(inject.FillDisk(args.fill_disk_at))
     trainer = Trainer(cfg, callbacks=callbacks)
     try:
         trainer.fit()

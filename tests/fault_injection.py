@@ -139,9 +139,10 @@ class FillDisk(Callback):
             trainer.world.barrier()  # no rank writes its checkpoint before the disk is full
 
 
-def fill(path: Path) -> None:
-    """Write zeros to `path` until the file system is full (unbuffered: nothing is left to
-    flush, and fail, on close)."""
+def fill(path: Path, leave: int = 64 << 10) -> None:
+    """Write zeros to `path` until the file system is full, then give back `leave` bytes: room
+    for metrics rows and heartbeats, none for a checkpoint. Unbuffered: nothing is left to
+    flush, and fail, on close."""
     with open(path, "wb", buffering=0) as f:
         for size in (1 << 20, 4096, 1):
             try:
@@ -150,3 +151,4 @@ def fill(path: Path) -> None:
             except OSError as error:
                 if error.errno != errno.ENOSPC:
                     raise
+    os.truncate(path, max(path.stat().st_size - leave, 0))

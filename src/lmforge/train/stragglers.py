@@ -134,7 +134,8 @@ class StragglerMonitor(Callback):
         if not named:
             return
         median = statistics.median(compute)
-        rows = [{"step": trainer.step, "rank": r, "host": self.hosts[r], "ratio": round(compute[r] / median, 3),
+        rows = [{"step": trainer.step, "time": time.time(), "rank": r, "host": self.hosts[r],
+                 "ratio": round(compute[r] / median, 3),
                  "compute_s": compute[r], "median_compute_s": median, "data_s": data[r]} for r in named]
         if world.is_main:
             for row in rows:
