@@ -238,3 +238,84 @@ def test_the_straggler_clock_counts_the_blocks_forward_only():
     clock.remove()
     blocks[0](torch.zeros(1))
     assert clock.take() == 0.0
+
+
+def test_the_collectives_timeout_tightens_after_the_first_step_and_loosens_for_checkpoints(tmp_path):
+    import time
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    from lmforge.parallel import World
+    from lmforge.train.config import FaultsConfig
+    from lmforge.train.progress import Progress
+    from lmforge.train.watchdog import Watchdog
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        world = World(rank=0, size=1, device=torch.device("cpu"), mesh=None)
+        timeout = c10d._get_default_group()._get_backend(torch.device("cpu")).options
+
+        progress = Progress()
+        cfg = FaultsConfig(stall_floor_s=60, stall_long_s=100, collective_timeout_s=90, heartbeat_s=0.05)
+        with Watchdog(cfg, tmp_path, world, progress, launch="t"):
+            before = timeout._timeout.total_seconds()
+            progress.begin_step(1)
+            progress.enter("forward_backward")
+            assert timeout._timeout.total_seconds() == before  # the first step: the launch's timeout
+            progress.enter("callbacks")
+            assert timeout._timeout.total_seconds() == 90
+            with progress.during("checkpoint"):
+                assert timeout._timeout.total_seconds() == 200  # 2 × stall_long_s
+            assert timeout._timeout.total_seconds() == 90
+            time.sleep(0.3)  # a few heartbeats
+        beat = json.loads((tmp_path / "faults" / "heartbeat" / "rank-0.json").read_text())
+        assert beat["step"] == 1 and beat["launch"] == "t" and not beat["in_collective"]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_single_process_that_stalls_exits_with_the_hang_code(token_data, tmp_path):
+    """One process, `faults.watchdog: always`: nobody else to blame, the stall is named ("stalled")."""
+    import subprocess
+
+    from test_distributed import WORKER, write
+
+    run_dir = tmp_path / "run"
+    cfg = write(tmp_path / "c.yaml", run_config(token_data, run_dir, watchdog="always"))
+    cfg_data = yaml_load(cfg)
+    cfg_data["trainer"]["micro_batch_size"] = 4
+    write(cfg, cfg_data)
+    out = subprocess.run([sys.executable, str(WORKER), str(cfg), "--hang=0:3"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == HANG_EXIT_CODE, out.stderr[-2000:]
+    record = read_last(run_dir)
+    assert record["kind"] == "stalled" and [s["rank"] for s in record["suspects"]] == [0] and record["step"] == 3
+    assert "fault_injection.py" in record["suspects"][0]["where"]
+    assert "=== lmforge watchdog: rank 0 " in (run_dir / STACKS / "rank-0.txt").read_text()
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def test_a_hang_record_is_created_once_and_whole(tmp_path, monkeypatch):
+    import os
+
+    from lmforge.train.watchdog import create_once
+
+    path = tmp_path / "hang-x.json"
+    assert create_once(path, '{"by": 1}', rank=1)
+    assert not create_once(path, '{"by": 2}', rank=2)
+    assert path.read_text() == '{"by": 1}' and [p.name for p in tmp_path.iterdir()] == ["hang-x.json"]
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links
+    other = tmp_path / "hang-y.json"
+    assert create_once(other, "a", rank=0) and not create_once(other, "b", rank=1) and other.read_text() == "a"

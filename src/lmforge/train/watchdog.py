@@ -125,6 +125,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lmforge-watchdog", daemon=True)
         self._stacks = None
+        self._warned: set[str] = set()
         self._dumped = False  # this rank's stacks are out (the others wait for it before exiting)
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -162,7 +163,10 @@ class Watchdog:
             try:
                 self._tick()
             except Exception as error:  # the watchdog must never be what kills a healthy run
-                log.warning(f"watchdog (rank {self.world.rank}): {type(error).__name__}: {error}")
+                said = f"{type(error).__name__}: {error}"
+                if said not in self._warned:  # once each (a full disk fails every heartbeat)
+                    self._warned.add(said)
+                    log.warning(f"watchdog (rank {self.world.rank}): {said}")
 
     def _tick(self) -> None:
         budget = self.budget_s()
@@ -206,13 +210,10 @@ class Watchdog:
             "stacks": str(self.run_dir / STACKS), "heartbeats": {r: b for r, b in beats.items()},
             "exit_code": HANG_EXIT_CODE,
         }
-        try:  # the first rank to decide writes the record; the others dump and follow
-            fd = os.open(self.incident_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        except FileExistsError:
+        # The first rank to decide writes the record; the others dump and follow.
+        if not create_once(self.incident_path, json.dumps(incident, indent=1), self.world.rank):
             self._dump_and_exit(json.loads(self.incident_path.read_text()))
             return
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(incident, indent=1))
         atomic_write(self.run_dir / LAST, json.dumps(incident, indent=1))
         named = ", ".join(f"rank {s['rank']} ({s.get('host', '?')})" for s in incident["suspects"]) or "no single rank"
         log.error(f"hang ({kind}): {named}; step {p.step}, phase {p.phase} stalled {p.phase_s():.0f}s > budget "
@@ -272,6 +273,29 @@ def set_collective_timeout(world: World, seconds: float) -> None:
                 groups[id(group)] = group
     for group in groups.values():
         c10d._set_pg_timeout(timeout, group)
+
+
+def create_once(path: Path, text: str, rank: int) -> bool:
+    """Create `path` holding `text` unless it exists; False if another writer was first. A hard
+    link of a finished file appears whole (a reader never sees it half-written); where the file
+    system has no hard links, an exclusive create."""
+    staged = path.with_name(f".{path.name}.rank-{rank}")
+    staged.write_text(text)
+    try:
+        os.link(staged, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+    finally:
+        staged.unlink()
 
 
 def read_last(run_dir: Path) -> dict[str, Any] | None:
