@@ -142,6 +142,34 @@ def cmd_analyze_spikes(args: argparse.Namespace) -> None:
     print(f"wrote {plot_spikes(args.run, report['spikes'], args.out, stretches=report['stretches'])}")
 
 
+def cmd_release(args: argparse.Namespace) -> None:
+    from lmforge.release.bundle import build_release
+
+    out = build_release(Path(args.run), Path(args.out), checkpoints=args.checkpoints, tasks=args.tasks,
+                        eval_limit=args.eval_limit, stage=args.stage, license=args.license, overwrite=args.overwrite)
+    index = json.loads((out / "revisions.json").read_text())
+    names = ", ".join(r["name"] for r in index["revisions"])
+    print(f"wrote {out}: {len(index['revisions'])} revision(s) ({names}); check it with `lmforge verify {out}`")
+
+
+def cmd_release_push(args: argparse.Namespace) -> None:
+    from lmforge.release.push import push_release
+
+    pushed = push_release(Path(args.release), args.repo, token=args.token, private=args.private)
+    print(f"pushed {args.repo}: {', '.join(pushed)}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lmforge.release.verify import verify
+
+    report = verify(Path(args.release), step=args.step, sample=None if args.all else args.sample,
+                    data_dir=Path(args.data) if args.data else None)
+    for line in report.problems:
+        print(line)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def cmd_analyze_faults(args: argparse.Namespace) -> None:
     from lmforge.analysis.faults import fault_report, format_report, hosts_to_exclude
 
@@ -261,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn: Callable[[argparse.Namespace], None], help: str, parent=sub) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[[argparse.Namespace], int | None], help: str, parent=sub) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help, description=help)
         p.set_defaults(fn=fn)
         return p
@@ -311,6 +339,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="start from the weights of this checkpoint or transformers OLMo 2 folder "
                    "(trainer.init_from), e.g. for an anneal or to continue pretraining a released model")
     p.add_argument("--init-optimizer", action="store_true", help="with --init-from: also its optimizer state")
+
+    p = add("release", cmd_release, "Make a fully open release of a run: a Hugging Face model repository with every "
+            "kept checkpoint as a revision, the data manifest and order, logs, card, openness and sums. "
+            "(`lmforge release push REL --repo ORG/NAME` uploads one.)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--checkpoints", default="all", help="all, or comma-separated steps (the last is always included)")
+    p.add_argument("--tasks", help="OLMES tasks to score the final model on (results.json, the card's model-index)")
+    p.add_argument("--eval-limit", type=int, default=None, help="score only the first N documents of each task")
+    p.add_argument("--stage", default="", help="revision name prefix, e.g. stage2-ingredient1 (anneals)")
+    p.add_argument("--license", default="apache-2.0", help="the card's license (default apache-2.0)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p = add("release-push", cmd_release_push, "Upload a release to the Hugging Face hub: a branch per revision, then "
+            "main (`lmforge release push REL --repo ORG/NAME`).")
+    p.add_argument("release", help="release folder (from `lmforge release`)")
+    p.add_argument("--repo", required=True, help="ORG/NAME on the hub")
+    p.add_argument("--token", help="hub token (default: HF_TOKEN or `huggingface-cli login`)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p = add("verify", cmd_verify, "Check a release: sums, the data fingerprint from the token bytes, the order, every "
+            "logged step's batch_crc and content_crc, the revision index.")
+    p.add_argument("release", help="release folder")
+    p.add_argument("--step", type=int, help="check this step only")
+    p.add_argument("--sample", type=int, default=None, help="check K logged steps drawn at random (seeded)")
+    p.add_argument("--all", action="store_true", help="check every logged step (the default)")
+    p.add_argument("--data", help="folder holding the token folders, when they are not at the manifest's paths")
 
     p = add("soup", cmd_soup, "Average checkpoints of one model into one (a model soup).")
     p.add_argument("checkpoints", nargs="+", help="checkpoint folders (training checkpoints or model folders)")
@@ -410,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["release", "push"]:  # `release RUN` and `release push REL` share a name
+        argv = ["release-push", *argv[2:]]
     # `lmforge train CFG --a.b=c`: dotted overrides look like options; hand them over as values.
     known = build_parser()
     args, extra = known.parse_known_args(argv)
@@ -425,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet_rank else logging.INFO
     logging.basicConfig(level=level, format="%(message)s")
     try:
-        args.fn(args)
+        code = args.fn(args)  # None, or an exit code of its own (verify: 1 when it found problems)
     except (RollbackRequested, StragglersEvicted) as e:  # not errors: the relaunch is expected to go on
         print(f"lmforge: {e}", file=sys.stderr)
         return e.exit_code
@@ -435,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -78,6 +79,9 @@ class Batch:
     step_instances: np.ndarray | None = None
     """(global batch,) every instance of the optimizer step, on every rank (this rank's rows
     are a slice of it): what `batch_crc` and `inspect-batch` describe."""
+    content_crc: int | None = None
+    """CRC-32 of the tokens of every instance of the step (`content_crc`), where the loader
+    was asked for it (rank 0): a witness of the content, as `batch_crc` is of the order."""
 
     @property
     def counts(self) -> torch.Tensor:
@@ -126,6 +130,14 @@ class InstanceDataset:
         start = instance * self.seq_len
         return self.stream.read(start, start + self.seq_len + 1)
 
+    def content_crc(self, instances: np.ndarray) -> int:
+        """CRC-32 of the instances' tokens (each its seq_len + 1 ids, as int64, in the given
+        order): what a release's `content_crc` is, reproducible with numpy and zlib alone."""
+        crc = 0
+        for i in instances:
+            crc = zlib.crc32(np.ascontiguousarray(self.tokens(int(i)), dtype=np.int64).tobytes(), crc)
+        return crc
+
     def token_range(self, instance: int) -> tuple[int, int]:
         start = instance * self.seq_len
         return start, start + self.seq_len + 1
@@ -154,7 +166,7 @@ class BatchLoader:
     """
 
     def __init__(self, dataset: InstanceDataset, batch_size: int, position: int = 0, *, rank: int = 0,
-                 world_size: int = 1, prefetch: int = 0, pin_memory: bool = False):
+                 world_size: int = 1, prefetch: int = 0, pin_memory: bool = False, content_crc: bool = False):
         if batch_size % world_size:
             raise LmforgeError(
                 f"a global batch of {batch_size} instances cannot be split evenly over {world_size} ranks; "
@@ -165,6 +177,7 @@ class BatchLoader:
         self.position = position
         self.rank, self.world_size = rank, world_size
         self.prefetch, self.pin_memory = prefetch, pin_memory
+        self.with_content_crc = content_crc  # reads the whole step's tokens: one rank is enough
 
     @property
     def local_batch_size(self) -> int:
@@ -176,6 +189,8 @@ class BatchLoader:
         per = self.local_batch_size
         batch = self.dataset.batch(everything[self.rank * per : (self.rank + 1) * per])
         batch.step_instances = everything
+        if self.with_content_crc:
+            batch.content_crc = self.dataset.content_crc(everything)
         return batch.pin_memory() if self.pin_memory else batch
 
     def __iter__(self) -> Iterator[Batch]:

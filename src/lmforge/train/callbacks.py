@@ -190,7 +190,7 @@ class Checkpointer(Callback):
 
     def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         t, step = trainer.cfg.trainer, trainer.step
-        if not (self.owed or step % t.checkpoint_every == 0 or step == trainer.max_steps or step in t.keep_steps):
+        if not (self.owed or step % t.checkpoint_every == 0 or step == trainer.max_steps or step in trainer.kept_steps):
             return
         if trainer.checkpoint_hold and step != trainer.max_steps:
             if not self.owed and trainer.world.is_main:

@@ -96,6 +96,9 @@ class TrainerConfig(Config):
     """Complete checkpoints kept; older ones are deleted (0 keeps all)."""
     keep_steps: list[int] = dataclasses.field(default_factory=list)
     """Also checkpoint at these steps, and never prune those checkpoints (e.g. to soup them)."""
+    release_every: int = 0
+    """Also checkpoint every this many steps and never prune those checkpoints: the
+    intermediate revisions `lmforge release` publishes (0: none beyond keep_steps)."""
     skip_steps: list[int] = dataclasses.field(default_factory=list)
     """Steps whose batches are read (the data order is unchanged) but not applied: the weights
     and optimizer state skip them. A rollback after non-finite steps adds its bad steps to
@@ -112,10 +115,16 @@ class TrainerConfig(Config):
     tensors to be copied to host memory. A checkpoint becomes `latest` when the next one
     starts or training ends, so a crash loses at most one more interval."""
 
+    def kept_steps(self, max_steps: int) -> set[int]:
+        """Steps whose checkpoints are written and never pruned (keep_steps, release_every)."""
+        every = set(range(self.release_every, max_steps + 1, self.release_every)) if self.release_every else set()
+        return set(self.keep_steps) | every
+
     def validate(self) -> None:
         for name in ("batch_tokens", "micro_batch_size", "log_every", "eval_every", "checkpoint_every"):
             require(getattr(self, name) > 0, f"trainer.{name}", f"must be positive, got {getattr(self, name)}")
         require(self.keep_checkpoints >= 0, "trainer.keep_checkpoints", "must be ≥ 0")
+        require(self.release_every >= 0, "trainer.release_every", f"must be ≥ 0 (0: none), got {self.release_every}")
         require(all(s > 0 for s in self.keep_steps), "trainer.keep_steps", f"steps count from 1, got {self.keep_steps}")
         require(all(s > 0 for s in self.skip_steps), "trainer.skip_steps", f"steps count from 1, got {self.skip_steps}")
         require(self.init_from is not None or not self.init_optimizer, "trainer.init_optimizer",

@@ -92,6 +92,7 @@ class Trainer:
         self.loader = BatchLoader(
             self.dataset, cfg.batch_instances, rank=self.world.rank, world_size=self.world.size,
             prefetch=cfg.parallel.prefetch_batches, pin_memory=self.world.device.type == "cuda",
+            content_crc=self.world.is_main,  # rank 0 logs it
         )
         self.val_dataset = None
         if cfg.data.validation:
@@ -126,12 +127,15 @@ class Trainer:
         self.checkpoint_hold: str | None = None
         """Why no checkpoint may be written now (a recent non-finite step), or None."""
         self._async_groups: dict | None = None
+        self.kept_steps = cfg.trainer.kept_steps(self.max_steps)
+        """Steps whose checkpoints are never pruned (trainer.keep_steps, trainer.release_every)."""
         self.progress = Progress()
         """This rank's step and phase, for the watchdog and the straggler monitor."""
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         self.check_run_dir()
+        self.warn_unreleasable()
         progress = self.progress
         with StopSignal() as stop, self.watching():
             self.start_or_resume()
@@ -153,6 +157,8 @@ class Trainer:
                 self.tokens_seen += self.cfg.trainer.batch_tokens
                 # Which instances this step saw, as one number: `inspect-batch` must agree with it.
                 metrics.update(lr=lr, batch_crc=batch_crc(batch.step_instances))
+                if batch.content_crc is not None:  # the tokens themselves (rank 0, which logs)
+                    metrics["content_crc"] = batch.content_crc
                 for cb in self.callbacks:
                     cb.post_step(self, metrics)
                 if stop.agreed(self.world):
@@ -208,6 +214,13 @@ class Trainer:
         is refused (another config, an init_from that does not fit) creates nothing."""
         self.check_run_dir()
         self.start_or_resume()
+
+    def warn_unreleasable(self) -> None:
+        t = self.cfg.trainer
+        if self.world.is_main and t.keep_checkpoints and not self.kept_steps and self.max_steps > t.checkpoint_every:
+            log.warning(f"trainer.keep_checkpoints={t.keep_checkpoints} deletes all but the last {t.keep_checkpoints} "
+                        "checkpoints, so a release of this run will have no earlier revisions; set "
+                        "trainer.release_every (or keep_steps) to keep the ones to publish")
 
     def check_run_dir(self) -> None:
         """Refuse a run dir that holds another run (every rank alike, before anything is written)."""
@@ -340,7 +353,7 @@ class Trainer:
             return
         if self.world.is_main:
             log.info(f"step {pending.step}: wrote checkpoint {final}")
-            pruned = ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints, self.cfg.trainer.keep_steps)
+            pruned = ckpt.prune(self.checkpoint_root, self.cfg.trainer.keep_checkpoints, self.kept_steps)
             if pruned:
                 names = ", ".join(p.name for p in pruned)
                 log.info(f"step {pending.step}: deleted {names} (trainer.keep_checkpoints={self.cfg.trainer.keep_checkpoints})")
