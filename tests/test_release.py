@@ -272,5 +272,24 @@ def test_a_release_of_a_two_rank_run_verifies_in_one_process(token_data, tmp_pat
     rel = build_release(tmp_path / "run", tmp_path / "rel")
     env = json.loads((rel / "environment.json").read_text())
     assert env["training"]["world_sizes"] == [2]
+    assert [(r["world_size"], r["device"]) for r in env["training"]["launches"]] == [(2, "cpu")]
     report = verify(rel)
     assert report.ok and report.checked["steps"] == 8, report.problems
+
+
+def test_a_release_of_a_pruned_run_says_what_is_missing(token_data, tmp_path, caplog):
+    data = run_config(token_data, tmp_path)
+    data["trainer"]["keep_checkpoints"] = 1
+    with caplog.at_level("WARNING"):
+        train(data)  # warned at the start: the release will miss them
+    assert "trainer.keep_checkpoints=1 deletes all but the last 1 checkpoints" in caplog.text
+    rel = build_release(tmp_path / "run", tmp_path / "rel")
+    index = json.loads((rel / "revisions.json").read_text())
+    assert [r["step"] for r in index["revisions"]] == [12] and index["missing_steps"] == [4, 8]
+    assert "the checkpoints of steps [4, 8] were deleted during training" in (rel / "README.md").read_text()
+    assert verify(rel).ok
+
+    data["trainer"].update(run_dir=str(tmp_path / "kept"), release_every=4)  # what keeps them
+    train(data)
+    assert json.loads((build_release(tmp_path / "kept", tmp_path / "rel2") / "revisions.json").read_text())[
+        "missing_steps"] == []

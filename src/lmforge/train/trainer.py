@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
+from lmforge import __version__
 from lmforge.data.dataset import BatchLoader, InstanceDataset, TokenStream
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import ConfigError, LmforgeError
@@ -260,7 +262,8 @@ class Trainer:
             (self.run_dir / LAUNCHES).parent.mkdir(exist_ok=True)
             append_jsonl(self.run_dir / LAUNCHES, {
                 "time": time.time(), "from_step": self.step, "world_size": self.world.size,
-                "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+                "device": self.world.device.type, "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+                "versions": {"lmforge": __version__, "torch": torch.__version__, "numpy": np.__version__},
             })
 
     @property
