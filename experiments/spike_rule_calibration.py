@@ -28,7 +28,8 @@ class Stop(Exception):
 
 
 def record(cfg_dict: dict, steps: int) -> list[tuple[int, float, float]]:
-    from lmforge.train.callbacks import Callback, default_callbacks
+    from lmforge.train.callback import Callback
+    from lmforge.train.callbacks import default_callbacks
     from lmforge.train.config import RunConfig
     from lmforge.train.trainer import Trainer
 

@@ -16,7 +16,8 @@ import sys
 import fault_injection as inject  # this script's folder, tests/
 
 from lmforge.errors import RollbackRequested, StragglersEvicted
-from lmforge.train.callbacks import Callback, default_callbacks
+from lmforge.train.callback import Callback
+from lmforge.train.callbacks import default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.trainer import Trainer
 

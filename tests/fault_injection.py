@@ -20,7 +20,7 @@ import signal
 import time
 from pathlib import Path
 
-from lmforge.train.callbacks import Callback, append_jsonl
+from lmforge.train.callback import Callback, append_jsonl
 
 INJECTED = Path("faults") / "injected.jsonl"
 BALLAST = "ballast.bin"

@@ -16,7 +16,8 @@ from fault_injection import InjectNaN
 
 from lmforge.errors import ConfigError, LmforgeError, RollbackRequested
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.callbacks import Callback, default_callbacks
+from lmforge.train.callback import Callback
+from lmforge.train.callbacks import default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.nonfinite import ROLLBACKS, read_rollbacks
 from lmforge.train.trainer import Trainer

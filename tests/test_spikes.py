@@ -10,7 +10,8 @@ import pytest
 
 from lmforge.analysis.spikes import plot_spikes, spike_report
 from lmforge.cli import main
-from lmforge.train.callbacks import Callback, default_callbacks
+from lmforge.train.callback import Callback
+from lmforge.train.callbacks import default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.spikes import NOT_JUDGED, ROBUST, SUMMARY_FILE, WINDOW, SpikeConfig, robust_threshold
 from lmforge.train.trainer import Trainer

@@ -16,7 +16,7 @@ import torch
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.eval.harness import evaluate_task, parse_tasks
 from lmforge.eval.tasks import Task, load_task
-from lmforge.train.callbacks import DOWNSTREAM_EVAL, Callback
+from lmforge.train.callback import DOWNSTREAM_EVAL, Callback
 from lmforge.train.config import DownstreamEvalConfig
 
 if TYPE_CHECKING:

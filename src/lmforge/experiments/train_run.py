@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from lmforge.eval.in_loop import DownstreamEval
-from lmforge.train.callbacks import Callback, default_callbacks
+from lmforge.train.callback import Callback
+from lmforge.train.callbacks import default_callbacks
 from lmforge.train.config import RunConfig
 from lmforge.train.trainer import Trainer
 

@@ -2,18 +2,14 @@
 logging and checkpointing. The loop calls hooks in priority order (higher first), so the
 speed monitor and validator add their numbers before the logger writes the step's row.
 
-A callback's checkpointed state is keyed by its `name`; two callbacks in one run must have
-different names (a second validator on another data set gets `name="validator_wiki"`).
-Collective work (validation, checkpoints) runs on every rank; console and metrics.jsonl on
+The interface they implement is `lmforge.train.callback.Callback`. Collective work (validation, checkpoints) runs on every rank; console and metrics.jsonl on
 rank 0 only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,39 +19,13 @@ import torch
 
 from lmforge.data.dataset import IGNORE_INDEX
 from lmforge.model.size import flops_per_token
+from lmforge.train.callback import Callback
 
 if TYPE_CHECKING:
     from lmforge.train.config import RunConfig
     from lmforge.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-class Callback:
-    priority = 0
-    name = "callback"
-    """Key of this callback's state in checkpoints; unique within a run."""
-
-    def on_train_start(self, trainer: Trainer) -> None: ...
-
-    def pre_step(self, trainer: Trainer, batch) -> None: ...
-
-    def pre_optim_step(self, trainer: Trainer, batch, metrics: dict[str, Any]) -> bool:
-        """After backward, before the optimizer step, with the step's loss and gradient norm
-        (device tensors; reading them syncs). Return False to skip the step."""
-        return True
-
-    def post_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
-
-    def on_train_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
-
-    def on_log(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        """A row as it is appended to metrics.jsonl (rank 0 only): for metric sinks."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class SpeedMonitor(Callback):
@@ -221,10 +191,6 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
             Checkpointer()]
 
 
-DOWNSTREAM_EVAL = "downstream_eval"
-"""The name of evaluation's callback (`lmforge.eval.in_loop.DownstreamEval`), which a run with
-`evals.tasks` must be given."""
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
@@ -239,8 +205,3 @@ def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def append_jsonl(path: os.PathLike, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")

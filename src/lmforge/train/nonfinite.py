@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import LmforgeError, RollbackRequested
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.callbacks import Callback, append_jsonl
+from lmforge.train.callback import Callback, append_jsonl
 from lmforge.train.config import FaultsConfig
 
 if TYPE_CHECKING:

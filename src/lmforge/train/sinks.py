@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import LmforgeError
-from lmforge.train.callbacks import Callback
+from lmforge.train.callback import Callback
 
 if TYPE_CHECKING:
     from lmforge.train.trainer import Trainer

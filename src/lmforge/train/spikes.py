@@ -65,7 +65,7 @@ import numpy as np
 from lmforge.config import Config, require
 from lmforge.data.dataset import Batch
 from lmforge.fsutil import atomic_write
-from lmforge.train.callbacks import Callback, append_jsonl
+from lmforge.train.callback import Callback, append_jsonl
 
 if TYPE_CHECKING:
     from lmforge.train.trainer import Trainer

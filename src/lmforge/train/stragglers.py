@@ -28,7 +28,7 @@ import torch
 from lmforge.errors import StragglersEvicted
 from lmforge.fsutil import atomic_write
 from lmforge.parallel import cuda
-from lmforge.train.callbacks import Callback, append_jsonl
+from lmforge.train.callback import Callback, append_jsonl
 from lmforge.train.config import FaultsConfig
 from lmforge.train.watchdog import LAST
 

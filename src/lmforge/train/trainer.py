@@ -34,7 +34,8 @@ from lmforge.model.io import CONFIG_FILE as MODEL_CONFIG_FILE
 from lmforge.model.io import is_hf_folder, load_model, model_folder_problem, save_tokenizer
 from lmforge.parallel import World, init_world
 from lmforge.train import checkpoint as ckpt
-from lmforge.train.callbacks import DOWNSTREAM_EVAL, Callback, append_jsonl, default_callbacks
+from lmforge.train.callback import DOWNSTREAM_EVAL, Callback, append_jsonl
+from lmforge.train.callbacks import default_callbacks
 from lmforge.train.config import FaultsConfig, RunConfig
 from lmforge.train.module import TrainModule
 from lmforge.train.nonfinite import rolled_back_steps
