@@ -13,3 +13,4 @@ def test_demo_fast_mode(tmp_path, capsys):
     assert "texts match" in out
     assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
     assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert "   verified: " in out and (tmp_path / "release" / "revisions" / "step30-tokens123K").is_dir()

@@ -1,12 +1,14 @@
 """`make demo`: the whole path on the shipped corpus, on CPU, in a few minutes.
 
 train a BPE tokenizer → tokenize → train a tiny OLMo 2 → validation loss before/after, against
-the corpus's unigram entropy → samples → loss.png → export → transformers generates the same.
+the corpus's unigram entropy → samples → loss.png → export → transformers generates the same → a
+release (revisions, data order, card, sums) that `lmforge verify` checks.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -23,6 +25,8 @@ from lmforge.model.generate import generate
 from lmforge.model.hf import to_hf
 from lmforge.model.io import load_model
 from lmforge.plot import plot_run
+from lmforge.release.bundle import build_release
+from lmforge.release.verify import verify
 from lmforge.train.checkpoint import find_resumable
 from lmforge.train.config import RunConfig
 from lmforge.train.trainer import Trainer
@@ -113,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     hf_dir = to_hf(model, out / "hf", tokenizer, overwrite=True)
     print(f"   {hf_dir}")
     matched = compare_with_transformers(model, tokenizer, hf_dir)
+
+    print("== 7. release it fully open, then verify it as anyone would")
+    release = build_release(cfg.trainer.run_dir, out / "release", overwrite=True)
+    names = [r["name"] for r in json.loads((release / "revisions.json").read_text())["revisions"]]
+    print(f"   {release}: revisions {', '.join(names)}, data order, card, SHA256SUMS")
+    report = verify(release)
+    print("   " + "\n   ".join([*report.problems, report.summary()]))
+    matched = matched and report.ok
     print(f"== done in {time.perf_counter() - started:.0f}s; everything is under {out}/")
     ok = matched and after < entropy
     if after >= entropy:
