@@ -4,7 +4,11 @@ dumped, and the restarted job finishes equal to a fault-free run; a slowed rank 
 straggler, and a fault-free run of 100 steps names none."""
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -15,7 +19,7 @@ from fault_injection import read_injected
 from lmforge.errors import HANG_EXIT_CODE, ConfigError
 from lmforge.train.config import RunConfig
 from lmforge.train.stragglers import STRAGGLERS_FILE, named_stragglers, slow_ranks
-from lmforge.train.watchdog import STACKS, diagnose, in_collective, read_last
+from lmforge.train.watchdog import STACKS, diagnose, in_collective, read_last, signal_thread
 
 FAULTS = {"stall_floor_s": 3.0, "stall_factor": 10.0, "stall_long_s": 60.0, "heartbeat_s": 0.5,
           "collective_timeout_s": 30.0}
@@ -187,9 +191,6 @@ esac
 
 @pytest.mark.parametrize("hang_recorded", [True, False])
 def test_the_sbatch_script_requeues_without_the_suspects_hosts(token_data, tmp_path, hang_recorded):
-    import os
-    import subprocess
-
     import yaml
 
     run_dir = tmp_path / "run"
@@ -218,8 +219,6 @@ def test_the_sbatch_script_requeues_without_the_suspects_hosts(token_data, tmp_p
 
 
 def test_the_straggler_clock_counts_the_blocks_forward_only():
-    import time
-
     import torch
 
     from lmforge.train.stragglers import BlockClock
@@ -241,8 +240,6 @@ def test_the_straggler_clock_counts_the_blocks_forward_only():
 
 
 def test_the_collectives_timeout_tightens_after_the_first_step_and_loosens_for_checkpoints(tmp_path):
-    import time
-
     import torch
     import torch.distributed as dist
     from torch.distributed import distributed_c10d as c10d
@@ -279,7 +276,6 @@ def test_the_collectives_timeout_tightens_after_the_first_step_and_loosens_for_c
 @pytest.mark.slow
 def test_a_single_process_that_stalls_exits_with_the_hang_code(token_data, tmp_path):
     """One process, `faults.watchdog: always`: nobody else to blame, the stall is named ("stalled")."""
-    import subprocess
 
     from test_distributed import WORKER, write
 
@@ -304,8 +300,6 @@ def yaml_load(path):
 
 
 def test_a_hang_record_is_created_once_and_whole(tmp_path, monkeypatch):
-    import os
-
     from lmforge.train.watchdog import create_once
 
     path = tmp_path / "hang-x.json"
@@ -319,3 +313,41 @@ def test_a_hang_record_is_created_once_and_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "link", no_links)  # a file system without hard links
     other = tmp_path / "hang-y.json"
     assert create_once(other, "a", rank=0) and not create_once(other, "b", rank=1) and other.read_text() == "a"
+
+
+FROZEN_CHILD = """
+import faulthandler, os, signal, sys, threading, time
+faulthandler.register(signal.SIGUSR1, file=open(sys.argv[1], "a"), all_threads=True)
+def spin():
+    while True:
+        sum(range(1000))
+for _ in range(3):  # busy threads that could take a process-directed signal
+    threading.Thread(target=spin, daemon=True).start()
+def frozen_here():
+    print(threading.get_native_id(), flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+def moved_on():
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        sum(range(1000))
+frozen_here()
+moved_on()
+"""
+
+
+def test_a_frozen_process_dumps_the_line_where_it_froze(tmp_path):
+    """SIGUSR1 goes to the frozen process's training thread: with a process-directed signal
+    another thread may handle it while the training thread has already moved on."""
+    dump = tmp_path / "stacks.txt"
+    child = subprocess.Popen([sys.executable, "-c", FROZEN_CHILD, str(dump)], stdout=subprocess.PIPE, text=True)
+    tid = int(child.stdout.readline())
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "T":
+        assert time.monotonic() < deadline, "the child never stopped"
+        time.sleep(0.01)
+    signal_thread(child.pid, tid, signal.SIGUSR1)
+    os.kill(child.pid, signal.SIGCONT)
+    assert child.wait(timeout=30) == 0
+    text = dump.read_text()
+    main = text[text.index("Current thread"):]  # the training thread handled it: it is the current one
+    assert "in frozen_here" in main.split("\n\n")[0] and "in moved_on" not in text, text

@@ -26,8 +26,9 @@ suspects with their hosts, step, phase, budget, where the stacks are) and logs o
 every rank that sees that file (or decides by itself) appends all its Python stacks to
 RUN/faults/stacks/rank-R.txt (`faulthandler`) and exits with `HANG_EXIT_CODE`, so a wrapper
 (torchrun's restarts, `scripts/slurm_train.sbatch`) can tell a hang from a bug. A frozen
-rank on the detecting rank's host is sent SIGUSR1 and SIGCONT: it dumps where it froze, then
-sees the record, dumps again and exits.
+rank on the detecting rank's host is sent SIGUSR1 (to its training thread, so the dump runs on
+that thread before it executes anything more) and SIGCONT: it dumps where it froze, then sees
+the record, dumps again and exits.
 
 Backstops: `faulthandler.dump_traceback_later` dumps the stacks and exits when the watchdog's
 own thread cannot run (Python itself stuck), and `kill -USR1 PID` dumps a rank's stacks at any
@@ -38,6 +39,7 @@ torchtitan does, so what the watchdog misses still fails in minutes, not half an
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import faulthandler
 import json
@@ -91,6 +93,26 @@ def where(frame) -> str:
     return "" if first is None else f"{first.f_code.co_filename}:{first.f_lineno} {first.f_code.co_name}"
 
 
+def signal_thread(pid: int, tid: int | None, signum: int) -> None:
+    """Send `signum` to one thread of another process (Linux `tgkill`), else to the process.
+
+    A process-directed signal is handled by whichever of its threads the kernel picks; a frozen
+    rank's training thread then runs on while another thread dumps, and the stack no longer
+    shows where it froze. A thread-directed one runs the handler on that thread first."""
+    if tid:
+        tgkill = getattr(_libc(), "tgkill", None)
+        if tgkill is not None and tgkill(ctypes.c_int(pid), ctypes.c_int(tid), ctypes.c_int(signum)) == 0:
+            return
+    os.kill(pid, signum)
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # no C library to open (not Linux or macOS)
+        return None
+
+
 def diagnose(beats: dict[int, dict[str, Any] | None], now: float, stale_after: float) -> tuple[str, list[int]]:
     """(kind, suspect ranks) from every rank's latest heartbeat (None: no file this launch).
     `now` and the heartbeats' `time` are wall-clock seconds."""
@@ -122,6 +144,7 @@ class Watchdog:
         self.stack_path = run_dir / STACKS / f"rank-{world.rank}.txt"
         self.incident_path = run_dir / FAULTS / f"hang-{launch}.json"
         self._main = threading.get_ident()  # the training thread: the one whose stack tells where it waits
+        self._main_tid = threading.get_native_id()  # the same thread, as the kernel names it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lmforge-watchdog", daemon=True)
         self._stacks = None
@@ -182,8 +205,8 @@ class Watchdog:
     def _beat(self) -> None:
         frame = sys._current_frames().get(self._main)
         p = self.progress
-        beat = {"rank": self.world.rank, "host": self.host, "pid": self.pid, "launch": self.launch,
-                "step": p.step, "phase": p.phase, "phase_s": round(p.phase_s(), 3),
+        beat = {"rank": self.world.rank, "host": self.host, "pid": self.pid, "tid": self._main_tid,
+                "launch": self.launch, "step": p.step, "phase": p.phase, "phase_s": round(p.phase_s(), 3),
                 "in_collective": in_collective(frame), "where": where(frame), "dumped": self._dumped,
                 "time": time.time()}
         atomic_write(self.beat_path, json.dumps(beat))
@@ -204,7 +227,8 @@ class Watchdog:
         p = self.progress
         incident = {
             "kind": kind,
-            "suspects": [{"rank": r, **_pick(beats[r], "host", "pid", "step", "phase", "where")} for r in suspects],
+            "suspects": [{"rank": r, **_pick(beats[r], "host", "pid", "tid", "step", "phase", "where")}
+                         for r in suspects],
             "step": p.step, "phase": p.phase, "stalled_s": round(p.phase_s(), 1), "budget_s": round(budget, 1),
             "detected_by": self.world.rank, "launch": self.launch, "time": time.time(),
             "stacks": str(self.run_dir / STACKS), "heartbeats": {r: b for r, b in beats.items()},
@@ -222,19 +246,19 @@ class Watchdog:
         if kind == "frozen_or_dead":  # a frozen rank on this host: dump where it froze (SIGUSR1 is
             for s in incident["suspects"]:  # delivered first when it resumes), then run on, see the record, exit
                 if s.get("host") == self.host and s.get("pid") and s["rank"] != self.world.rank:
-                    for signum in (signal.SIGUSR1, signal.SIGCONT):
-                        try:
-                            os.kill(s["pid"], signum)
-                        except OSError:
-                            pass
+                    try:
+                        signal_thread(s["pid"], s.get("tid"), signal.SIGUSR1)
+                        os.kill(s["pid"], signal.SIGCONT)
+                    except OSError:
+                        pass
         self._dump_and_exit(incident)
 
     def _dump_and_exit(self, incident: dict[str, Any]) -> None:
         assert self._stacks is not None
         p = self.progress
-        self._stacks.write(f"\n=== lmforge watchdog: rank {self.world.rank} (pid {self.pid}, {self.host}), step {p.step}, "
-                           f"phase {p.phase} for {p.phase_s():.0f}s; hang {incident['kind']} found by rank "
-                           f"{incident['detected_by']} (launch {self.launch}) ===\n")
+        self._stacks.write(f"\n=== lmforge watchdog: rank {self.world.rank} (pid {self.pid}, {self.host}), "
+                           f"step {p.step}, phase {p.phase} for {p.phase_s():.0f}s; hang {incident['kind']} "
+                           f"found by rank {incident['detected_by']} (launch {self.launch}) ===\n")
         self._stacks.flush()
         faulthandler.cancel_dump_traceback_later()
         faulthandler.dump_traceback(file=self._stacks, all_threads=True)
