@@ -22,7 +22,7 @@ from lmforge.cli import main
 from lmforge.data.dataset import InstanceDataset, TokenStream
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model
-from lmforge.release.bundle import build_release
+from lmforge.release.bundle import build_release, write_sums
 from lmforge.release.card import RECIPE_END, RECIPE_START
 from lmforge.release.verify import verify
 from lmforge.train.config import RunConfig
@@ -55,7 +55,7 @@ def release(token_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("release")
     data = run_config(token_data, root)
     train(data)
-    rel = build_release(root / "run", root / "rel", tasks="arc_easy", eval_limit=8)
+    rel = build_release(root / "run", root / "rel", tasks="arc_easy", eval_limit=8, score_revisions=True)
     return root, rel
 
 
@@ -98,6 +98,44 @@ def test_the_card_parses_and_its_evals_are_results_json(release):
     assert evaluation.dataset_type == "arc_easy"
 
 
+def test_every_revision_is_scored_as_its_training_checkpoint_scores(release):
+    """--score-revisions: each revision's scores are the harness's on the run's own checkpoint
+    (not the exported folder), the final one is results.json, and the card tabulates them."""
+    from lmforge.eval.harness import evaluate
+
+    root, rel = release
+    revisions = json.loads((rel / "revisions.json").read_text())["revisions"]
+    for rev in revisions:
+        theirs = evaluate(root / "run" / "checkpoints" / f"step-{rev['step']}", "arc_easy", limit=8, progress=False)
+        (want,) = theirs["tasks"].values()
+        (got,) = rev["scores"].values()
+        assert got["num_docs"] == 8 and got["metrics"] == pytest.approx(want["metrics"], abs=1e-6), rev["name"]
+    assert json.loads((rel / "results.json").read_text())["tasks"] == revisions[-1]["scores"]
+    card = (rel / "README.md").read_text()
+    for rev in revisions:
+        (got,) = rev["scores"].values()
+        assert f"| `{rev['name']}` | {rev['tokens']:,} | {got['primary_score']:.4f} |" in card
+    assert "![scores by revision](scores.png)" in card and (rel / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(LmforgeError, match="--score-revisions needs --tasks"):
+        build_release(root / "run", root / "unused", score_revisions=True)
+
+
+def test_verify_rescores_the_claimed_results(release, tmp_path):
+    _, rel = release
+    report = verify(rel, scores=True)
+    assert report.ok and report.checked["scored models"] == 4, report.problems  # results.json + 3 revisions
+    assert main(["verify", str(rel), "--step", "1", "--scores"]) == 0
+    copy = damaged(release, tmp_path)
+    index = json.loads((copy / "revisions.json").read_text())
+    (score,) = index["revisions"][1]["scores"].values()
+    score["metrics"]["acc_raw"] += 0.125  # a better number claimed for step 8, the sums made to agree
+    (copy / "revisions.json").write_text(json.dumps(index))
+    write_sums(copy)
+    assert verify(copy).ok  # nothing else notices
+    (problem,) = one_problem(copy, r"^revisions.json step8-tokens2K: arc_easy\S* acc_raw 0.375, rescored 0.25$",
+                             scores=True)
+
+
 def test_sha256sum_checks_the_release(release):
     _, rel = release
     out = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=rel, capture_output=True, text=True)
@@ -133,7 +171,7 @@ def test_per_source_tokens_equal_a_count_from_the_document_indexes(release):
 
 def test_a_second_release_is_byte_identical(release, tmp_path):
     root, rel = release
-    again = build_release(root / "run", tmp_path / "again", tasks="arc_easy", eval_limit=8)
+    again = build_release(root / "run", tmp_path / "again", tasks="arc_easy", eval_limit=8, score_revisions=True)
     files = sorted(p.relative_to(rel) for p in rel.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert [f for f in files if (rel / f).read_bytes() != (again / f).read_bytes()] == []

@@ -146,7 +146,8 @@ def cmd_release(args: argparse.Namespace) -> None:
     from lmforge.release.bundle import build_release
 
     out = build_release(Path(args.run), Path(args.out), checkpoints=args.checkpoints, tasks=args.tasks,
-                        eval_limit=args.eval_limit, stage=args.stage, license=args.license, overwrite=args.overwrite)
+                        eval_limit=args.eval_limit, score_revisions=args.score_revisions, stage=args.stage,
+                        license=args.license, overwrite=args.overwrite)
     index = json.loads((out / "revisions.json").read_text())
     names = ", ".join(r["name"] for r in index["revisions"])
     print(f"wrote {out}: {len(index['revisions'])} revision(s) ({names}); check it with `lmforge verify {out}`")
@@ -163,7 +164,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from lmforge.release.verify import verify
 
     report = verify(Path(args.release), step=args.step, sample=None if args.all else args.sample,
-                    data_dir=Path(args.data) if args.data else None)
+                    data_dir=Path(args.data) if args.data else None, scores=args.scores)
     for line in report.problems:
         print(line)
     print(report.summary())
@@ -348,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", default="all", help="all, or comma-separated steps (the last is always included)")
     p.add_argument("--tasks", help="OLMES tasks to score the final model on (results.json, the card's model-index)")
     p.add_argument("--eval-limit", type=int, default=None, help="score only the first N documents of each task")
+    p.add_argument("--score-revisions", action="store_true",
+                   help="score every revision on --tasks, not only the final model (revisions.json, the card, "
+                        "scores.png)")
     p.add_argument("--stage", default="", help="revision name prefix, e.g. stage2-ingredient1 (anneals)")
     p.add_argument("--license", default="apache-2.0", help="the card's license (default apache-2.0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -364,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=None, help="check K logged steps drawn at random (seeded)")
     p.add_argument("--all", action="store_true", help="check every logged step (the default)")
     p.add_argument("--data", help="folder holding the token folders, when they are not at the manifest's paths")
+    p.add_argument("--scores", action="store_true",
+                   help="also rescore results.json and every scored revision from the released weights (slow)")
 
     p = add("soup", cmd_soup, "Average checkpoints of one model into one (a model soup).")
     p.add_argument("checkpoints", nargs="+", help="checkpoint folders (training checkpoints or model folders)")

@@ -105,9 +105,13 @@ def environment(run_dir: Path, world_sizes: list[int]) -> dict[str, Any]:
 
 
 def build_release(run_dir: Path, out: Path, *, checkpoints: str = "all", tasks: str | None = None,
-                  eval_limit: int | None = None, stage: str = "", license: str = "apache-2.0",
-                  overwrite: bool = False) -> Path:
+                  eval_limit: int | None = None, score_revisions: bool = False, stage: str = "",
+                  license: str = "apache-2.0", overwrite: bool = False) -> Path:
+    """`score_revisions` scores every revision on `tasks` (revisions.json, the card, scores.png), not
+    only the final model: how the scores grew over training, as OLMo reports per checkpoint."""
     run_dir, out = Path(run_dir), Path(out)
+    if score_revisions and not tasks:
+        raise LmforgeError("--score-revisions needs --tasks (the tasks to score every revision on)")
     if not (run_dir / "config.yaml").exists():
         raise LmforgeError(f"{run_dir} is not a run directory (no config.yaml); give the trainer.run_dir of a run")
     if out.exists() and not overwrite:
@@ -147,8 +151,6 @@ def build_release(run_dir: Path, out: Path, *, checkpoints: str = "all", tasks: 
         expected = sorted(set(range(cfg.trainer.checkpoint_every, last + 1, cfg.trainer.checkpoint_every))
                           | cfg.trainer.kept_steps(last))
         pruned = [s for s in expected if s not in available]
-        _json(rel / REVISIONS, {"unit": unit, "batch_tokens": batch_tokens, "rule": "tokens = ceil(step × batch_tokens / unit)",
-                                "revisions": revisions, "missing_steps": pruned})
         for p in sorted((rel / "revisions" / revisions[-1]["name"]).iterdir()):  # the root: the final model
             shutil.copy2(p, rel / p.name)
 
@@ -163,13 +165,22 @@ def build_release(run_dir: Path, out: Path, *, checkpoints: str = "all", tasks: 
 
         results = None
         if tasks:
-            from lmforge.eval.harness import evaluate
-
-            results = evaluate(rel, tasks, limit=eval_limit, progress=False)
-            results = {"model": revisions[-1]["name"], "limit": eval_limit, "tasks": {
-                spec: {k: v for k, v in r.items() if k not in ("instances", "seconds")} for spec, r in results["tasks"].items()}}
+            scored = revisions if score_revisions else revisions[-1:]
+            scores = {}
+            for i, revision in enumerate(scored, 1):
+                log.info(f"scoring {revision['name']} on {tasks} ({i}/{len(scored)})")
+                scores[revision["name"]] = score(rel / "revisions" / revision["name"], tasks, eval_limit)
+            if score_revisions:
+                for revision in revisions:
+                    revision["scores"] = scores[revision["name"]]
+            results = {"model": revisions[-1]["name"], "limit": eval_limit, "tasks": scores[revisions[-1]["name"]]}
             _json(rel / "results.json", results)
+        _json(rel / REVISIONS, {"unit": unit, "batch_tokens": batch_tokens,
+                                "rule": "tokens = ceil(step × batch_tokens / unit)", "revisions": revisions,
+                                "missing_steps": pruned})
         plot(run_dir, rel / "loss.png")
+        if score_revisions:
+            plot_scores(revisions, rel / "scores.png")
         (rel / "README.md").write_text(card.model_card(run_dir.resolve().name, cfg, manifest, revisions, results,
                                                        license=license, pruned=pruned, skipped=skipped))
         assessment = openness.assess(rel)
@@ -183,10 +194,29 @@ def build_release(run_dir: Path, out: Path, *, checkpoints: str = "all", tasks: 
     return out
 
 
+def score(model_dir: Path, tasks: str, limit: int | None) -> dict[str, dict[str, Any]]:
+    """Each task's scores for one exported model (no timings or instances: the release is deterministic)."""
+    from lmforge.eval.harness import evaluate
+
+    results = evaluate(model_dir, tasks, limit=limit, progress=False)
+    return {spec: {k: v for k, v in r.items() if k not in ("instances", "seconds")}
+            for spec, r in results["tasks"].items()}
+
+
 def plot(run_dir: Path, path: Path) -> None:
     from lmforge.plot import plot_run
 
     plot_run(run_dir, path)
+
+
+def plot_scores(revisions: list[dict[str, Any]], path: Path) -> None:
+    from lmforge.plot import plot_series
+
+    series = {f"{spec} ({r['primary_metric']})": [] for spec, r in revisions[-1]["scores"].items()}
+    for revision in revisions:
+        for spec, r in revision["scores"].items():
+            series[f"{spec} ({r['primary_metric']})"].append((revision["tokens"], r["primary_score"]))
+    plot_series(series, path, xlabel="tokens", ylabel="score", title="scores by revision")
 
 
 def write_sums(rel: Path) -> None:

@@ -117,6 +117,15 @@ def model_card(name: str, cfg: RunConfig, manifest: dict[str, Any], revisions: l
               "| revision | step | tokens | loss |", "|---|---|---|---|"]
     lines += [f"| `{r['name']}` | {r['step']:,} | {r['tokens']:,} | "
               f"{'' if r['loss'] is None else format(r['loss'], '.4f')} |" for r in revisions]
+    if all("scores" in r for r in revisions):  # --score-revisions
+        specs = sorted(revisions[-1]["scores"])
+        lines += ["", "Every revision scored on the same tasks (`scores` in `revisions.json`):", "",
+                  "| revision | tokens | " + " | ".join(f"{s} {revisions[-1]['scores'][s]['primary_metric']}"
+                                                       for s in specs) + " |",
+                  "|---|---|" + "---|" * len(specs)]
+        lines += [f"| `{r['name']}` | {r['tokens']:,} | "
+                  + " | ".join(f"{r['scores'][s]['primary_score']:.4f}" for s in specs) + " |" for r in revisions]
+        lines += ["", "![scores by revision](scores.png)"]
     if pruned:
         lines += ["", f"Missing: the checkpoints of steps {pruned} were deleted during training "
                   "(`trainer.keep_checkpoints`)."]

@@ -6,7 +6,9 @@
 3. the order of every epoch rebuilt from the seed and that fingerprint, against data/order/;
 4. each logged step's instances rebuilt, their `batch_crc` and (the tokens) `content_crc`
    against logs/metrics.jsonl (`--step N`, `--sample K` or every logged step);
-5. the revision index: names by the token rule, files, CRCs.
+5. the revision index: names by the token rule, files, CRCs;
+6. with `--scores`, the evaluation results: results.json and every revision's `scores`,
+   rescored from the released weights (the costly part: a forward pass per task document).
 
 Each problem is one line naming the file (and the step); nothing is trusted that can be
 recomputed. A release of any world size verifies in one process: the order and the CRCs do
@@ -30,6 +32,7 @@ from lmforge.fsutil import file_sha256
 from lmforge.release import data, naming
 
 MAX_STEP_LINES = 5  # a changed seed breaks every step: say the first few, then count
+SCORE_TOLERANCE = 1e-4  # rescoring on another machine (threads, BLAS) moves log-probabilities by ~1e-6
 
 
 @dataclass
@@ -196,7 +199,29 @@ def check_revisions(rel: Path, index: dict, rows: dict[int, dict], report: Repor
     report.checked["revisions"] = len(index["revisions"])
 
 
-def verify(rel: Path, *, step: int | None = None, sample: int | None = None, data_dir: Path | None = None) -> Report:
+def check_scores(rel: Path, index: dict, report: Report) -> None:
+    """Rescore the released weights on the released tasks; every metric must match."""
+    from lmforge.eval.harness import evaluate
+
+    if not (rel / "results.json").is_file():
+        report.problems.append("results.json: missing, nothing to rescore (release with --tasks)")
+        return
+    results = json.loads((rel / "results.json").read_text())
+    claims = [("results.json", rel, results["tasks"])]
+    claims += [(f"revisions.json {r['name']}", rel / "revisions" / r["name"], r["scores"])
+               for r in index["revisions"] if "scores" in r]
+    for where, model_dir, claimed in claims:
+        rescored = evaluate(model_dir, list(claimed), limit=results.get("limit"), progress=False)["tasks"]
+        for spec, score in claimed.items():
+            for metric, value in score["metrics"].items():
+                got = rescored[spec]["metrics"].get(metric)
+                if got is None or abs(got - value) > SCORE_TOLERANCE:
+                    report.problems.append(f"{where}: {spec} {metric} {value}, rescored {got}")
+    report.checked["scored models"] = len(claims)
+
+
+def verify(rel: Path, *, step: int | None = None, sample: int | None = None, data_dir: Path | None = None,
+           scores: bool = False) -> Report:
     rel = Path(rel)
     require_release(rel)
     report = Report()
@@ -213,4 +238,6 @@ def verify(rel: Path, *, step: int | None = None, sample: int | None = None, dat
     check_order(rel, orders, report)
     check_steps(pick_rows(rows, step, sample), cfg, stream, orders, report)
     check_revisions(rel, index, {r["step"]: r for r in rows}, report)
+    if scores:
+        check_scores(rel, index, report)
     return report
