@@ -267,6 +267,35 @@ def test_the_cards_numpy_recipe_reproduces_a_logged_crc(release):
         assert out.stdout.strip() == "True True", out.stderr
 
 
+def test_a_release_with_its_data_verifies_without_the_training_folders(token_data, tmp_path):
+    """--include-data: the token folders travel in data/tokens/ (two named alike get their
+    position in front), verify reads them there, MOF counts the datasets as included."""
+    data = run_config(token_data, tmp_path)
+    data["trainer"]["max_steps"] = EVERY
+    alike = [tmp_path / "a" / "train", tmp_path / "b" / "train"]  # two folders of the same name
+    for folder, source in zip(alike, data["data"]["train"]):
+        shutil.copytree(source, folder)
+    data["data"]["train"] = [str(f) for f in alike]
+    train(data)
+    rel = build_release(tmp_path / "run", tmp_path / "rel", include_data=True)
+    manifest = json.loads((rel / "data" / "manifest.json").read_text())
+    assert [f["released"] for f in manifest["folders"]] == ["data/tokens/00-train", "data/tokens/01-train"]
+    for folder, entry in zip(alike, manifest["folders"]):
+        assert sorted(p.name for p in (rel / entry["released"]).iterdir()) == sorted(entry["files"])
+        shutil.rmtree(folder)  # gone from where it was trained
+    report = verify(rel)
+    assert report.ok and report.checked["token folders"] == 2 and report.checked["steps"] == EVERY, report.problems
+    openness = json.loads((rel / "openness.json").read_text())
+    (datasets,) = [c for c in openness["components"] if c["component"] == "Datasets"]
+    assert datasets["included"] and datasets["where"] == "data/tokens/ (2 token folder(s))"
+    assert "are in this repository under `data/tokens/`" in (rel / "README.md").read_text()
+    part = next((rel / "data" / "tokens" / "01-train").glob("part-*.npy"))
+    flipped = bytearray(part.read_bytes())
+    flipped[-1] ^= 1
+    part.write_bytes(bytes(flipped))
+    one_problem(rel, rf"^{re.escape(str(part))}: SHA-256 differs from data/manifest.json$")
+
+
 def test_bad_input_is_one_line(release, token_data, tmp_path):
     root, rel = release
     (tmp_path / "empty_run").mkdir()

@@ -146,7 +146,8 @@ def cmd_release(args: argparse.Namespace) -> None:
     from lmforge.release.bundle import build_release
 
     out = build_release(Path(args.run), Path(args.out), checkpoints=args.checkpoints, tasks=args.tasks,
-                        eval_limit=args.eval_limit, score_revisions=args.score_revisions, stage=args.stage,
+                        eval_limit=args.eval_limit, score_revisions=args.score_revisions,
+                        include_data=args.include_data, stage=args.stage,
                         license=args.license, overwrite=args.overwrite)
     index = json.loads((out / "revisions.json").read_text())
     names = ", ".join(r["name"] for r in index["revisions"])
@@ -352,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-revisions", action="store_true",
                    help="score every revision on --tasks, not only the final model (revisions.json, the card, "
                         "scores.png)")
+    p.add_argument("--include-data", action="store_true",
+                   help="copy the token folders into data/tokens/ (the release then holds the data it was trained on)")
     p.add_argument("--stage", default="", help="revision name prefix, e.g. stage2-ingredient1 (anneals)")
     p.add_argument("--license", default="apache-2.0", help="the card's license (default apache-2.0)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

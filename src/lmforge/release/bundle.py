@@ -86,6 +86,16 @@ def write_order(stream: data.Stream, cfg: RunConfig, last_step: int, out: Path) 
     return orders
 
 
+def copy_token_folders(stream: data.Stream, manifest: dict[str, Any], rel: Path) -> None:
+    names = data.released_names([f["name"] for f in manifest["folders"]])
+    for folder, entry, name in zip(stream.folders, manifest["folders"], names):
+        entry["released"] = (data.RELEASED_TOKENS / name).as_posix()
+        log.info(f"data: copying {folder} ({entry['num_tokens']:,} tokens) to {entry['released']}")
+        (rel / entry["released"]).mkdir(parents=True)
+        for file in entry["files"]:
+            shutil.copyfile(folder / file, rel / entry["released"] / file)
+
+
 def export(folder: Path, out: Path) -> None:
     model = load_model(folder)
     to_hf(model, out, load_model_tokenizer(folder))
@@ -105,10 +115,12 @@ def environment(run_dir: Path, world_sizes: list[int]) -> dict[str, Any]:
 
 
 def build_release(run_dir: Path, out: Path, *, checkpoints: str = "all", tasks: str | None = None,
-                  eval_limit: int | None = None, score_revisions: bool = False, stage: str = "",
-                  license: str = "apache-2.0", overwrite: bool = False) -> Path:
+                  eval_limit: int | None = None, score_revisions: bool = False, include_data: bool = False,
+                  stage: str = "", license: str = "apache-2.0", overwrite: bool = False) -> Path:
     """`score_revisions` scores every revision on `tasks` (revisions.json, the card, scores.png), not
-    only the final model: how the scores grew over training, as OLMo reports per checkpoint."""
+    only the final model: how the scores grew over training, as OLMo reports per checkpoint.
+    `include_data` copies the token folders into data/tokens/ (the manifest's files only), so the
+    release holds the data itself and verifies without the training machine's paths."""
     run_dir, out = Path(run_dir), Path(out)
     if score_revisions and not tasks:
         raise LmforgeError("--score-revisions needs --tasks (the tasks to score every revision on)")
@@ -132,6 +144,8 @@ def build_release(run_dir: Path, out: Path, *, checkpoints: str = "all", tasks: 
         orders = write_order(stream, cfg, last, rel / "data" / "order")
         counts = training_counts(cfg, orders, last, set(skipped))
         manifest = data.manifest(stream, cfg.to_dict(), counts, skipped)
+        if include_data:
+            copy_token_folders(stream, manifest, rel)
         _json(rel / "data" / "manifest.json", manifest)
 
         revisions, previous = [], 0

@@ -93,7 +93,13 @@ def model_card(name: str, cfg: RunConfig, manifest: dict[str, Any], revisions: l
              "## Data", "",
              f"Token folders, in training order (SHA-256 of every file in `data/manifest.json`; data "
              f"fingerprint `{manifest['fingerprint']}`):", ""]
-    lines += [f"- `{f['name']}` ({f['num_tokens']:,} tokens, fingerprint `{f['fingerprint']}`)" for f in manifest["folders"]]
+    lines += [f"- `{f.get('released', f['name'])}` ({f['num_tokens']:,} tokens, fingerprint `{f['fingerprint']}`)"
+              for f in manifest["folders"]]
+    included = all("released" in f for f in manifest["folders"])  # lmforge release --include-data
+    lines += ["", "The token folders (tokens as numpy memmaps, a document index with id, source and span per "
+              "document) are in this repository under `data/tokens/`." if included else
+              "The token folders are not in this repository: `data/manifest.json` names every file with its "
+              "SHA-256, and `lmforge verify . --data DIR` checks a copy of them."]
     lines += ["", "| source | available tokens | trained tokens | multiplier |", "|---|---|---|---|"]
     for source, s in manifest["sources"].items():
         lines.append(f"| {source} | {s['available_tokens']:,} | {s['trained_tokens']:,} | {s['multiplier']} |")

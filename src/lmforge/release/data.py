@@ -145,6 +145,15 @@ def source_tokens(stream: Stream, seq_len: int, counts: np.ndarray) -> tuple[dic
     return available, trained
 
 
+RELEASED_TOKENS = Path("data") / "tokens"  # where --include-data puts the token folders
+
+
+def released_names(names: list[str]) -> list[str]:
+    """Folder names under data/tokens/, unique: a name two folders share gets its position in
+    front (00-train, 01-train), so the training order also shows in the listing."""
+    return [f"{i:02d}-{n}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def manifest(stream: Stream, cfg: dict[str, Any], counts: np.ndarray, skipped: list[int]) -> dict[str, Any]:
     """data/manifest.json: the token folders in training order with every file's SHA-256,
     the fingerprints, and per-source available and trained tokens."""

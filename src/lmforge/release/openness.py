@@ -19,7 +19,7 @@ What this decides is inclusion, from what is actually in the folder; the MOF als
 each component carry an open license of its kind, which is not judged here. Code that lmforge
 ran is referenced by the lmforge version in environment.json (an Apache-2.0 package, not
 copied into each release); data that is only named (the token folders of data/manifest.json)
-is not counted as released.
+is not counted as released; `lmforge release --include-data` copies it into data/tokens/.
 """
 
 from __future__ import annotations
@@ -184,8 +184,12 @@ def _intermediate(rel: Path, version: str | None) -> Found:
 def _datasets(rel: Path, version: str | None) -> Found:
     if not (rel / "data" / "manifest.json").is_file():
         return False, None, "no data/manifest.json"
+    folders = json.loads((rel / "data" / "manifest.json").read_text()).get("folders") or []
+    if folders and all("released" in f and (rel / f["released"]).is_dir() for f in folders):
+        return True, f"data/tokens/ ({len(folders)} token folder(s))", \
+            "the token files trained on, with their document indexes (id, source, span)"
     return (False, "data/manifest.json (reference)", "token folders named with every file's sha256, not included: "
-            "publish them (e.g. as a hub dataset) to include them")
+            "release with --include-data, or publish them (e.g. as a hub dataset)")
 
 
 def _evaluation_data(rel: Path, version: str | None) -> Found:

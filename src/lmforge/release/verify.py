@@ -77,8 +77,11 @@ def check_sums(rel: Path, report: Report) -> None:
     report.checked["files"] = len(listed)
 
 
-def locate(folder: dict[str, Any], data_dir: Path | None) -> Path:
-    return data_dir / folder["name"] if data_dir is not None else Path(folder["path"])
+def locate(rel: Path, folder: dict[str, Any], data_dir: Path | None) -> Path:
+    """Where a token folder is: under --data, in the release (--include-data), or where it was trained."""
+    if data_dir is not None:
+        return data_dir / folder["name"]
+    return rel / folder["released"] if "released" in folder else Path(folder["path"])
 
 
 def check_data(rel: Path, cfg: dict, manifest: dict, data_dir: Path | None, report: Report) -> data.Stream | None:
@@ -95,7 +98,7 @@ def check_data(rel: Path, cfg: dict, manifest: dict, data_dir: Path | None, repo
         if entry is None:
             report.problems.append(f"training/config.yaml: data.train folder {path} is not in data/manifest.json")
             return None
-        where = locate(entry, data_dir)
+        where = locate(rel, entry, data_dir)
         if not where.is_dir():
             report.problems.append(f"{where}: token folder not found (pass --data DIR holding {entry['name']}/)")
             return None
