@@ -53,7 +53,6 @@ sync between backward and the optimizer step.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections import deque
@@ -62,10 +61,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmforge.config import Config, require
 from lmforge.data.dataset import Batch
 from lmforge.fsutil import atomic_write
 from lmforge.train.callback import Callback, append_jsonl
+from lmforge.train.config import SpikeConfig
 
 if TYPE_CHECKING:
     from lmforge.train.trainer import Trainer
@@ -81,50 +80,6 @@ NON_FINITE = "non-finite"
 
 MAD_TO_STD = 1.4826
 """1.4826 · MAD estimates the standard deviation of normally distributed values."""
-
-
-@dataclasses.dataclass(kw_only=True)
-class SpikeConfig(Config):
-    enabled: bool = False
-    """Watch every step for spikes (one host sync per step; off by default for that reason)."""
-    window: int = 128
-    """Steps of history the mean and standard deviation are taken over."""
-    sigma: float = 6.0
-    """A value above mean + sigma · std of the window is a spike."""
-    min_history: int = 32
-    """Steps of history needed before the window rule (mean + sigma · std) judges."""
-    robust_min_history: int = 8
-    """Steps of history needed before anything is judged: with this many up to min_history,
-    the robust rule judges (median + robust_k · spread). ≥ min_history turns it off."""
-    robust_k: float = 8.0
-    """An early value above median + robust_k · spread of the history is a spike (see
-    "Choosing robust_k and robust_min_spread" in this module's docstring)."""
-    robust_min_spread: float = 0.1
-    """The robust rule's spread is 1.4826 · MAD, but at least this fraction of the median, so
-    that an early value must also exceed (1 + robust_k · robust_min_spread) × the median (1.8×
-    by default) and a history whose MAD is tiny by chance does not make any wobble a spike."""
-    skip_step: bool = False
-    """Do not apply a spiking step's update (gradients dropped, optimizer state untouched)."""
-    top_documents: int = 20
-    """Documents recorded per spike, highest summed loss first."""
-
-    def validate(self) -> None:
-        require(self.window >= 2, "spikes.window", f"must be ≥ 2, got {self.window}")
-        require(self.sigma > 0, "spikes.sigma", f"must be positive, got {self.sigma}")
-        require(2 <= self.min_history <= self.window, "spikes.min_history",
-                f"must be between 2 and spikes.window={self.window}, got {self.min_history}")
-        require(self.robust_min_history >= 3, "spikes.robust_min_history",
-                f"must be ≥ 3 (a median and MAD of fewer values say nothing), got {self.robust_min_history}; "
-                f"set it ≥ spikes.min_history={self.min_history} to judge nothing before the window rule")
-        require(self.robust_k > 0, "spikes.robust_k", f"must be positive, got {self.robust_k}")
-        require(self.robust_min_spread >= 0, "spikes.robust_min_spread",
-                f"must be ≥ 0 (a fraction of the median), got {self.robust_min_spread}")
-        require(self.top_documents >= 1, "spikes.top_documents", f"must be ≥ 1, got {self.top_documents}")
-
-    @property
-    def first_judged_history(self) -> int:
-        """Fewest values of history any rule judges with."""
-        return min(self.robust_min_history, self.min_history)
 
 
 # -- the rules (pure functions; the monitor and the offline analysis share them) ----------------------
