@@ -22,6 +22,7 @@ from lmforge.cli import main
 from lmforge.data.dataset import InstanceDataset, TokenStream
 from lmforge.errors import LmforgeError
 from lmforge.model.io import load_model
+from lmforge.release import data as release_data
 from lmforge.release.bundle import build_release, write_sums
 from lmforge.release.card import RECIPE_END, RECIPE_START
 from lmforge.release.verify import verify
@@ -143,7 +144,7 @@ def test_sha256sum_checks_the_release(release):
     assert len((rel / "SHA256SUMS").read_text().splitlines()) == sum(1 for p in rel.rglob("*") if p.is_file()) - 1
 
 
-def test_per_source_tokens_equal_a_count_from_the_document_indexes(release):
+def test_per_source_tokens_equal_a_count_from_the_document_indexes(release, monkeypatch):
     root, rel = release
     manifest = json.loads((rel / "data" / "manifest.json").read_text())
     cfg = RunConfig.from_yaml(root / "run" / "config.yaml")
@@ -167,6 +168,10 @@ def test_per_source_tokens_equal_a_count_from_the_document_indexes(release):
     assert {s: v["trained_tokens"] for s, v in manifest["sources"].items() if v["trained_tokens"]} == trained
     assert {s: v["available_tokens"] for s, v in manifest["sources"].items()} == available
     assert [Path(f["path"]).name for f in manifest["folders"]] == ["train", "val"]
+    monkeypatch.setattr(release_data, "SOURCE_CHUNK", 5)  # counted in many passes: the same numbers
+    counts = np.bincount(dataset.instances_at(0, STEPS * cfg.batch_instances), minlength=dataset.num_instances)
+    assert release_data.source_tokens(release_data.Stream(cfg.data.train), cfg.data.seq_len, counts)[1] == {
+        s: v["trained_tokens"] for s, v in manifest["sources"].items()}
 
 
 def test_a_second_release_is_byte_identical(release, tmp_path):

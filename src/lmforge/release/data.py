@@ -117,6 +117,9 @@ def content_crc(stream: Stream, instances: np.ndarray, seq_len: int) -> int:
     return crc
 
 
+SOURCE_CHUNK = 1 << 20  # instances counted per pass of source_tokens
+
+
 def source_tokens(stream: Stream, seq_len: int, counts: np.ndarray) -> tuple[dict[str, int], dict[str, int]]:
     """(available, trained) tokens per source: every token of the stream, and the input tokens
     of the trained instances (`counts[i]`: how often instance i was applied)."""
@@ -138,9 +141,11 @@ def source_tokens(stream: Stream, seq_len: int, counts: np.ndarray) -> tuple[dic
         return out
 
     used = np.nonzero(counts)[0]
-    a = used * seq_len
-    per_instance = before(a + seq_len) - before(a)  # (sources, instances)
-    trained_counts = per_instance @ counts[used].astype(np.int64)
+    trained_counts = np.zeros(len(names), np.int64)
+    for chunk in range(0, len(used), SOURCE_CHUNK):  # (sources × chunk) at a time, not × every instance
+        part = used[chunk:chunk + SOURCE_CHUNK]
+        a = part * seq_len
+        trained_counts += (before(a + seq_len) - before(a)) @ counts[part].astype(np.int64)
     trained = {n: int(trained_counts[k]) for k, n in enumerate(names)}
     return available, trained
 
