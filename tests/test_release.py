@@ -82,7 +82,8 @@ def test_every_revision_loads_in_transformers_with_lmforges_logits(release):
             torch.testing.assert_close(theirs(ids).logits, ours(ids).float(), atol=1e-5, rtol=1e-5)
         assert rev["steps"] == [rev["step"] - EVERY + 1, rev["step"]] and rev["tokens"] == rev["step"] * 128
     root_model = AutoModelForCausalLM.from_pretrained(rel)  # the root is the final revision
-    assert (rel / "model.safetensors").read_bytes() == (rel / "revisions" / "step12-tokens2K" / "model.safetensors").read_bytes()
+    final = rel / "revisions" / "step12-tokens2K"
+    assert (rel / "model.safetensors").read_bytes() == (final / "model.safetensors").read_bytes()
     assert root_model.config.architectures == ["Olmo2ForCausalLM"]
 
 
@@ -93,6 +94,7 @@ def test_the_card_parses_and_its_evals_are_results_json(release):
     card = ModelCard.load(rel / "README.md")
     results = json.loads((rel / "results.json").read_text())
     assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    assert "| architecture | Olmo2ForCausalLM: " in card.text
     (task,) = results["tasks"].values()
     (evaluation,) = card.data.eval_results
     assert evaluation.metric_value == task["primary_score"] and evaluation.metric_type == task["primary_metric"]
@@ -325,6 +327,7 @@ def test_a_moe_run_releases_as_the_moe_architecture(token_data, tmp_path):
     rel = build_release(tmp_path / "run", tmp_path / "rel")
     config = json.loads((rel / "revisions" / "step4-tokens1K" / "config.json").read_text())
     assert config["architectures"] in (["OlmoeForCausalLM"], ["FlexOlmoForCausalLM"])  # by norm placement
+    assert f"| architecture | {config['architectures'][0]} (mixture of experts): " in (rel / "README.md").read_text()
     ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(0))
     theirs = AutoModelForCausalLM.from_pretrained(rel / "revisions" / "step4-tokens1K").eval()
     ours = load_model(tmp_path / "run" / "checkpoints" / "step-4").eval()

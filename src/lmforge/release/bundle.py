@@ -47,7 +47,8 @@ def pick(available: dict[int, Path], wanted: str) -> dict[int, Path]:
     try:
         steps = sorted({int(s) for s in wanted.split(",") if s.strip()})
     except ValueError:
-        raise LmforgeError(f"--checkpoints: expected all or comma-separated steps like 100,200, got {wanted!r}") from None
+        raise LmforgeError(f"--checkpoints: expected all or comma-separated steps like 100,200, "
+                           f"got {wanted!r}") from None
     missing = [s for s in steps if s not in available]
     if missing:
         raise LmforgeError(f"--checkpoints: no complete checkpoint of step(s) {missing}; the run has "
@@ -195,8 +196,10 @@ def build_release(run_dir: Path, out: Path, *, checkpoints: str = "all", tasks: 
         plot(run_dir, rel / "loss.png")
         if score_revisions:
             plot_scores(revisions, rel / "scores.png")
+        (architecture,) = json.loads((rel / "config.json").read_text())["architectures"]
         (rel / "README.md").write_text(card.model_card(run_dir.resolve().name, cfg, manifest, revisions, results,
-                                                       license=license, pruned=pruned, skipped=skipped))
+                                                       architecture=architecture, license=license, pruned=pruned,
+                                                       skipped=skipped))
         assessment = openness.assess(rel)
         (rel / "OPENNESS.md").write_text(openness.openness_markdown(assessment))
         _json(rel / "openness.json", openness.openness_json(assessment))

@@ -73,7 +73,9 @@ def metadata(name: str, cfg: RunConfig, manifest: dict[str, Any], results: dict[
 
 
 def model_card(name: str, cfg: RunConfig, manifest: dict[str, Any], revisions: list[dict[str, Any]],
-               results: dict[str, Any] | None, *, license: str, pruned: list[int], skipped: list[int]) -> str:
+               results: dict[str, Any] | None, *, architecture: str, license: str, pruned: list[int],
+               skipped: list[int]) -> str:
+    """The card; `architecture` is the transformers class the revisions export as."""
     size = describe(cfg.model, cfg.data.seq_len)
     final = revisions[-1]
     o, t = cfg.optim, cfg.trainer
@@ -84,9 +86,10 @@ def model_card(name: str, cfg: RunConfig, manifest: dict[str, Any], revisions: l
              "the data order against the training log.", "",
              "## Model", "",
              "| | |", "|---|---|",
-             f"| architecture | Olmo2ForCausalLM{' (mixture of experts)' if cfg.model.is_moe else ''}: "
+             f"| architecture | {architecture}{' (mixture of experts)' if cfg.model.is_moe else ''}: "
              f"{cfg.model.n_layers} layers, d_model {cfg.model.d_model}, {cfg.model.n_heads} heads |",
-             f"| parameters | {size['params_total']:,} total, {size.get('params_active', size['params_total']):,} active, "
+             f"| parameters | {size['params_total']:,} total, "
+             f"{size.get('params_active', size['params_total']):,} active, "
              f"{size['params_non_embedding']:,} non-embedding |",
              f"| training FLOPs per token | {size['train_flops_per_token']:,} (at {cfg.data.seq_len} tokens) |",
              f"| final revision | `{final['name']}` (step {final['step']:,}, {final['tokens']:,} tokens) |", "",

@@ -18,6 +18,7 @@ not depend on it.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from lmforge.fsutil import file_sha256
 from lmforge.release import data, naming
 
 MAX_STEP_LINES = 5  # a changed seed breaks every step: say the first few, then count
-SCORE_TOLERANCE = 1e-4  # rescoring on another machine (threads, BLAS) moves log-probabilities by ~1e-6
+SCORE_TOLERANCE = 1e-4  # relative, and absolute near 0: rescoring on another machine (threads, BLAS) moves
+# log-probabilities by ~1e-6 each, and a summed metric (sum_logits_corr) by its size times that
 
 
 @dataclass
@@ -156,15 +158,16 @@ def pick_rows(rows: list[dict], step: int | None, sample: int | None) -> list[di
     if step is not None:
         chosen = [r for r in rows if r["step"] == step]
         if not chosen:
-            raise LmforgeError(f"--step {step}: logs/metrics.jsonl has no row for step {step} "
-                               f"(logged steps: {rows[0]['step'] if rows else '-'}..{rows[-1]['step'] if rows else '-'})")
+            span = f"{rows[0]['step']}..{rows[-1]['step']}" if rows else "none"
+            raise LmforgeError(f"--step {step}: logs/metrics.jsonl has no row for step {step} (logged steps: {span})")
         return chosen
     if sample is not None and sample < len(rows):
         return sorted(random.Random(0).sample(rows, sample), key=lambda r: r["step"])
     return rows
 
 
-def check_steps(rows: list[dict], cfg: dict, stream: data.Stream, orders: dict[int, np.ndarray], report: Report) -> None:
+def check_steps(rows: list[dict], cfg: dict, stream: data.Stream, orders: dict[int, np.ndarray],
+                report: Report) -> None:
     seq_len, batch = cfg["data"]["seq_len"], cfg["trainer"]["batch_tokens"] // cfg["data"]["seq_len"]
     bad: list[str] = []
     for row in rows:
@@ -198,7 +201,8 @@ def check_revisions(rel: Path, index: dict, rows: dict[int, dict], report: Repor
                 report.problems.append(f"revisions/{name}/{fname}: missing or differs from revisions.json")
         logged = rows.get(step, {}).get("batch_crc")
         if rev.get("batch_crc") is not None and logged is not None and logged != rev["batch_crc"]:
-            report.problems.append(f"revisions.json {name}: batch_crc {rev['batch_crc']}, logged {logged} at step {step}")
+            report.problems.append(f"revisions.json {name}: batch_crc {rev['batch_crc']}, "
+                                   f"logged {logged} at step {step}")
     report.checked["revisions"] = len(index["revisions"])
 
 
@@ -218,7 +222,7 @@ def check_scores(rel: Path, index: dict, report: Report) -> None:
         for spec, score in claimed.items():
             for metric, value in score["metrics"].items():
                 got = rescored[spec]["metrics"].get(metric)
-                if got is None or abs(got - value) > SCORE_TOLERANCE:
+                if got is None or not math.isclose(got, value, rel_tol=SCORE_TOLERANCE, abs_tol=SCORE_TOLERANCE):
                     report.problems.append(f"{where}: {spec} {metric} {value}, rescored {got}")
     report.checked["scored models"] = len(claims)
 
